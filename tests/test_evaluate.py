@@ -1,0 +1,268 @@
+"""pipelines.evaluate on tiny NIfTI phantoms built in tmp_path."""
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipelines.evaluate import REPORT_FILES, EvaluationError, evaluate, find_pairs
+from segmentation.io import VolumeError
+
+SHAPE = (32, 32, 32)
+AFFINE = np.array([[1.0, 0, 0, -16], [0, 1, 0, -20], [0, 0, 1, 5], [0, 0, 0, 1]])
+
+
+def _ball(centre_mm, radius_mm, *, shape=SHAPE, affine=AFFINE):
+    """Mask of a world-space ball sampled at the voxel centres of (shape, affine)."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    return (np.linalg.norm(world - np.asarray(centre_mm), axis=-1) <= radius_mm).astype(np.uint8)
+
+
+def _write(path, array, affine=AFFINE, dtype=np.uint8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array).astype(dtype), affine), str(path))
+    return path
+
+
+# world centres (mm) and radii of two nodules: 8 mm and 4 mm diameter
+NODULES = [((-6.0, -10.0, 14.0), 4.0), ((4.0, -2.0, 26.0), 2.0)]
+
+
+@pytest.fixture
+def phantom(tmp_path):
+    """3 truth cases; case_a exact ({case}_mask), case_b misses one nodule and adds a FP
+    (plain name), case_c has no prediction."""
+    truth, pred, probs = tmp_path / "truth", tmp_path / "pred", tmp_path / "probs"
+    masks = {}
+    for case in ("case_a", "case_b", "case_c"):
+        mask = _ball(*NODULES[0]) | _ball(*NODULES[1])
+        masks[case] = mask
+        _write(truth / f"{case}.nii.gz", mask)
+    _write(pred / "case_a_mask.nii.gz", masks["case_a"])
+    pred_b = _ball(*NODULES[0]) | _ball((8.0, 8.0, 30.0), 2.0)
+    _write(pred / "case_b.nii.gz", pred_b)
+    _write(probs / "case_a_probs.nii.gz", masks["case_a"] * 0.9, dtype=np.float32)
+    _write(probs / "case_b_probs.nii.gz", pred_b * np.where(_ball(*NODULES[0]), 0.8, 0.6),
+           dtype=np.float32)
+    return tmp_path
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_phantom_report_writes_every_file(phantom):
+    out = phantom / "report"
+    summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                       probs_dir=phantom / "probs", out_dir=out)
+    for name in REPORT_FILES:
+        assert (out / name).is_file(), name
+    for png in ("froc.png", "recall_by_size.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == {k: v for k, v in summary.items() if k != "out_dir"}
+    assert on_disk["n_cases"] == 3 and on_disk["n_lesions"] == 6
+    # found: case_a 2, case_b 1 (the 8 mm one), case_c 0
+    assert on_disk["lesion_recall"] == pytest.approx(3 / 6)
+    assert on_disk["fp_per_scan"] == pytest.approx(1 / 3)
+    assert on_disk["lesion_precision"] == pytest.approx(3 / 4)
+    assert on_disk["small_lesion_recall"] == pytest.approx(3 / 6)
+    assert on_disk["recall_by_size"]["3-6"]["count"] == 3
+    assert on_disk["recall_by_size"]["3-6"]["recall"] == pytest.approx(1 / 3)
+    assert on_disk["recall_by_size"]["6-10"]["recall"] == pytest.approx(2 / 3)
+    assert on_disk["missing_predictions"] == ["case_c"]
+    assert on_disk["cpm"] is not None and set(on_disk["froc"]) == {
+        "0.125", "0.25", "0.5", "1", "2", "4", "8"}
+
+    cases = _read_csv(out / "cases.csv")
+    assert [c["case_id"] for c in cases] == ["case_a", "case_b", "case_c"]
+    assert float(cases[0]["dice"]) == 1.0 and cases[2]["prediction_missing"] == "true"
+    assert cases[2]["alignment"] == "missing prediction" and float(cases[2]["dice"]) == 0.0
+    lesions = _read_csv(out / "lesions.csv")
+    assert len(lesions) == 6 + 1
+    fp = [row for row in lesions if row["kind"] == "false_positive"]
+    assert len(fp) == 1 and fp[0]["case_id"] == "case_b"
+    assert float(fp[0]["max_probability"]) == pytest.approx(0.6)
+    assert [float(fp[0][f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx([8, 8, 30])
+    report = (out / "report.md").read_text()
+    for needle in ("Matching criterion", "26-connected", "Empty cases", "case_c", "CPM"):
+        assert needle in report
+
+
+def test_existing_report_is_not_overwritten(phantom):
+    out = phantom / "report"
+    evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth", out_dir=out)
+    before = (out / "summary.json").read_text()
+    with pytest.raises(EvaluationError, match="summary.json"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth", out_dir=out,
+                 connectivity=6)
+    assert (out / "summary.json").read_text() == before
+    summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth", out_dir=out,
+                       overwrite=True, connectivity=6)
+    assert summary["settings"]["connectivity"] == 6 and summary["cpm"] is None
+
+
+def test_prediction_on_another_grid_of_the_same_world_space_is_resampled(tmp_path):
+    truth = _ball((0.0, -4.0, 20.0), 5.0)
+    _write(tmp_path / "truth" / "c1.nii.gz", truth)
+    # 16^3 grid of 2 mm voxels covering the same world box: origin shifted by half a voxel
+    coarse = AFFINE.copy()
+    coarse[:3, :3] *= 2
+    coarse[:3, 3] += 0.5
+    pred = _ball((0.0, -4.0, 20.0), 5.0, shape=(16, 16, 16), affine=coarse)
+    _write(tmp_path / "pred" / "c1_mask.nii.gz", pred, affine=coarse)
+    summary = evaluate(pred_dir=tmp_path / "pred", truth_dir=tmp_path / "truth",
+                       out_dir=tmp_path / "out")
+    assert summary["resampled_cases"] == ["c1"] and summary["lesion_recall"] == 1.0
+    assert summary["dice_mean"] > 0.8
+    assert _read_csv(tmp_path / "out" / "cases.csv")[0]["alignment"] == "resampled"
+    assert "resampled onto the truth grid" in (tmp_path / "out" / "report.md").read_text()
+    assert "c1" in (tmp_path / "out" / "report.md").read_text().split("resampled onto")[1]
+
+
+def test_prediction_stored_in_another_orientation_is_the_same_grid(tmp_path):
+    truth = _ball((0.0, -4.0, 20.0), 5.0)
+    _write(tmp_path / "truth" / "c1.nii.gz", truth)
+    flip = AFFINE.copy()
+    flip[0, 0] = -1.0
+    flip[0, 3] = AFFINE[0, 3] + SHAPE[0] - 1  # same voxel centres, I axis stored reversed
+    _write(tmp_path / "pred" / "c1.nii.gz", truth[::-1], affine=flip)
+    summary = evaluate(pred_dir=tmp_path / "pred", truth_dir=tmp_path / "truth",
+                       out_dir=tmp_path / "out")
+    assert summary["dice_mean"] == 1.0 and summary["resampled_cases"] == []
+
+
+def test_incompatible_geometry_names_the_case(tmp_path):
+    _write(tmp_path / "truth" / "lung_7.nii.gz", _ball((0, -4, 20), 5))
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += 10.0
+    _write(tmp_path / "pred" / "lung_7_mask.nii.gz", _ball((0, -4, 20), 5), affine=shifted)
+    with pytest.raises(EvaluationError, match="lung_7.*truth.*prediction"):
+        evaluate(pred_dir=tmp_path / "pred", truth_dir=tmp_path / "truth",
+                 out_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_missing_prediction_is_counted_empty_and_listed(phantom):
+    pairs = find_pairs(pred_dir=phantom / "pred", truth_dir=phantom / "truth")
+    assert [(p["case_id"], p["pred"] is None) for p in pairs] == [
+        ("case_a", False), ("case_b", False), ("case_c", True)]
+
+
+def test_prediction_without_truth_is_an_error(phantom):
+    _write(phantom / "pred" / "case_z_mask.nii.gz", np.zeros(SHAPE))
+    with pytest.raises(EvaluationError, match="case_z_mask.nii.gz"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 out_dir=phantom / "out")
+
+
+def test_duplicate_case_ids_are_an_error(phantom):
+    _write(phantom / "pred" / "case_a.nii.gz", np.zeros(SHAPE))  # next to case_a_mask.nii.gz
+    with pytest.raises(EvaluationError, match="duplicate case id 'case_a'"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 out_dir=phantom / "out")
+    _write(phantom / "truth" / "case_b.nii", np.zeros(SHAPE))  # next to case_b.nii.gz
+    with pytest.raises(EvaluationError, match="truth_dir.*case_b"):
+        find_pairs(pred_dir=phantom / "pred", truth_dir=phantom / "truth")
+
+
+def test_non_binary_mask_names_the_file(phantom):
+    _write(phantom / "pred" / "case_a_mask.nii.gz", _ball(*NODULES[0]) * 2)
+    with pytest.raises(VolumeError, match="case_a_mask.nii.gz"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 out_dir=phantom / "out")
+
+
+def test_nan_probabilities_name_the_file(phantom):
+    probs = np.zeros(SHAPE, dtype=np.float32)
+    probs[3, 3, 3] = np.nan
+    _write(phantom / "probs" / "case_b_probs.nii.gz", probs, dtype=np.float32)
+    with pytest.raises(ValueError, match="case_b_probs.nii.gz"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 probs_dir=phantom / "probs", out_dir=phantom / "out")
+
+
+def test_probabilities_out_of_range_name_the_case(phantom):
+    _write(phantom / "probs" / "case_b_probs.nii.gz", np.full(SHAPE, 3.0), dtype=np.float32)
+    with pytest.raises(EvaluationError, match="case_b"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 probs_dir=phantom / "probs", out_dir=phantom / "out")
+
+
+def test_prediction_without_probability_map_is_an_error(phantom):
+    (phantom / "probs" / "case_b_probs.nii.gz").unlink()
+    with pytest.raises(EvaluationError, match="case_b"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 probs_dir=phantom / "probs", out_dir=phantom / "out")
+
+
+@pytest.mark.parametrize("empty", ["truth", "pred", "probs"])
+def test_empty_folders_are_an_error(phantom, empty):
+    folder = phantom / empty
+    for path in folder.iterdir():
+        path.unlink()
+    with pytest.raises(EvaluationError, match=f"{empty}_dir"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 probs_dir=phantom / "probs", out_dir=phantom / "out")
+
+
+def test_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(EvaluationError, match="truth_dir"):
+        evaluate(pred_dir=tmp_path, truth_dir=tmp_path / "nope", out_dir=tmp_path / "out")
+
+
+def test_bad_options_fail_before_reading(phantom):
+    with pytest.raises(ValueError, match="connectivity"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 out_dir=phantom / "out", connectivity=8)
+    with pytest.raises(ValueError, match="criterion"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 out_dir=phantom / "out", match="centre")
+
+
+def test_iou_matching_and_size_bins_are_passed_through(phantom):
+    summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                       out_dir=phantom / "out", match="iou", iou_threshold=0.5,
+                       size_bins_mm=(5.0,), small_lesion_mm=6.0, tolerance_mm=2.0)
+    assert summary["settings"] == {"connectivity": 26, "criterion": "iou",
+                                   "iou_threshold": 0.5, "tolerance_mm": 2.0}
+    assert list(summary["recall_by_size"]) == ["<5", ">=5"]
+    assert summary["small_lesion_recall"] == pytest.approx(1 / 3)  # 4 mm ones: only case_a
+    assert "pair IoU >= 0.5" in (phantom / "out" / "report.md").read_text()
+
+
+def test_all_empty_dataset(tmp_path):
+    for case in ("e1", "e2"):
+        _write(tmp_path / "truth" / f"{case}.nii.gz", np.zeros(SHAPE))
+        _write(tmp_path / "pred" / f"{case}_mask.nii.gz", np.zeros(SHAPE))
+    summary = evaluate(pred_dir=tmp_path / "pred", truth_dir=tmp_path / "truth",
+                       out_dir=tmp_path / "out")
+    assert summary["n_empty_cases"] == 2 and summary["dice_mean"] is None
+    assert summary["lesion_recall"] is None and summary["fp_per_scan"] == 0.0
+    for name in REPORT_FILES:
+        assert (tmp_path / "out" / name).is_file()
+
+
+def test_cli_evaluate_writes_the_report(phantom, capsys):
+    from segmentation.cli import main
+
+    out = phantom / "cli_report"
+    code = main(["evaluate", "--pred", str(phantom / "pred"), "--truth", str(phantom / "truth"),
+                 "--probs", str(phantom / "probs"), "--out", str(out)])
+    assert code == 0
+    for name in REPORT_FILES:
+        assert (out / name).is_file(), name
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_cases"] == 3 and not math.isnan(printed["cpm"])
+
+
+def test_bench_evaluate_runs_on_a_small_scan():
+    from pipelines.evaluate import bench_evaluate
+
+    result = bench_evaluate(shape=(48, 48, 40), spacing_mm=(2.0, 2.0, 2.5), repeats=1)
+    assert result["shape"] == [48, 48, 40] and result["n_lesions"] >= 1
+    assert 0.0 < result["dice"] <= 1.0 and result["seconds"] > 0
