@@ -224,7 +224,7 @@ def test_volume_from_array_matches_read_volume(tmp_path):
 
 
 def test_geometry_property_has_single_reorient_step(tmp_path):
-    alignment = pytest.importorskip("segmentation.alignment")
+    from segmentation import alignment
     vol = volume_from_array(_distinct(), AFFINES_48[7])
     geometry = vol.geometry
     assert isinstance(geometry, alignment.Geometry)

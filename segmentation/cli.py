@@ -1,0 +1,246 @@
+"""The ``lungseg`` command line.
+
+This module only parses arguments and hands them to the pipelines (imported lazily, so
+``lungseg --help`` and ``lungseg phantom`` start without TensorFlow). It holds no logic:
+every command is one call into ``segmentation`` or ``pipelines`` plus printing.
+
+Exit status: 0 on success, 1 when a command ran but some of its work failed (e.g. one
+scan of a folder in ``lungseg predict``), 2 for bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+_EXIT_OK, _EXIT_PARTIAL, _EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of ``lungseg`` and its sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="lungseg",
+        description="Lung-nodule segmentation on chest CT (TensorFlow / Keras 3).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="phantom data -> train -> evaluate -> predict, no download")
+    demo.add_argument("--out", type=Path, default=Path("lungseg_demo"), help="output folder")
+    demo.add_argument("--quick", action="store_true", help="a tiny run (about 3 minutes on 2 CPU cores)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+
+    phantom = commands.add_parser("phantom", help="write a synthetic chest-CT dataset (MSD layout)")
+    phantom.add_argument("--out", type=Path, required=True, help="dataset folder to create")
+    phantom.add_argument("--cases", type=int, required=True, help="number of training cases")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed")
+    phantom.add_argument("--test-cases", type=int, default=0, help="extra held-out cases (imagesTs/labelsTs)")
+    phantom.add_argument("--size", type=int, nargs=3, metavar=("I", "J", "K"), help="voxels per axis")
+    phantom.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm")
+    phantom.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+
+    train = commands.add_parser("train", help="train a U-Net from a YAML config")
+    train.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")
+    train.add_argument("--data", type=Path, required=True, help="dataset folder (MSD, nnU-Net v2 or plain)")
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+
+    evaluate = commands.add_parser("evaluate", help="voxel and lesion-level metrics of predicted masks")
+    evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks ({case}_mask.nii.gz or same names)")
+    evaluate.add_argument("--truth", type=Path, required=True, help="ground-truth masks")
+    evaluate.add_argument("--probs", type=Path, default=None, help="probability maps for FROC/CPM")
+    evaluate.add_argument("--out", type=Path, required=True, help="report folder")
+    evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26)
+    evaluate.add_argument("--match", choices=("overlap", "iou"), default="overlap",
+                          help="lesion matching rule (default: any overlap)")
+    evaluate.add_argument("--iou-threshold", type=float, default=0.1, help="IoU threshold of --match iou")
+    evaluate.add_argument("--small-lesion-mm", type=float, default=10.0,
+                          help="lesions below this equivalent diameter count as small")
+    evaluate.add_argument("--size-bins-mm", type=float, nargs="+", default=[3.0, 6.0, 10.0, 20.0],
+                          help="edges of the recall-by-size bins (the last bin is open)")
+    evaluate.add_argument("--tolerance-mm", type=float, default=1.0, help="surface-Dice tolerance")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+
+    predict = commands.add_parser("predict", help="segment new scans (NIfTI file or folder, or a DICOM series)")
+    predict.add_argument("--model", type=Path, required=True, help="run folder with model.keras and config.yaml")
+    predict.add_argument("--input", type=Path, required=True, help="NIfTI file, folder of NIfTI, or DICOM series folder")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--probs", action="store_true", help="also write {case}_probs.nii.gz")
+    predict.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    predict.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the run's)")
+    predict.add_argument("--min-size-mm3", type=float, default=None, help="drop smaller components")
+    predict.add_argument("--overwrite", action="store_true", help="redo cases already written")
+
+    bench = commands.add_parser("bench", help="measure speed and memory")
+    bench.add_argument("what", choices=("train", "infer", "evaluate"))
+    bench.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/cpu.yaml)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--steps", type=int, default=None, help="timed steps (train)")
+    bench.add_argument("--shape", type=int, nargs=3, default=None, metavar=("I", "J", "K"),
+                       help="scan shape (infer/evaluate; default 512 512 300)")
+    bench.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+
+    study = commands.add_parser("study", help="controlled comparisons")
+    study_kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
+    losses = study_kinds.add_parser("losses", help="one model per loss and seed, everything else identical")
+    losses.add_argument("--config", type=Path, required=True)
+    losses.add_argument("--data", type=Path, required=True)
+    losses.add_argument("--out", type=Path, required=True)
+    losses.add_argument("--losses", default="bce,dice,hybrid", help="comma-separated loss names")
+    losses.add_argument("--seeds", type=int, default=3, help="number of seeds per loss")
+    losses.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the config's)")
+    losses.add_argument("--target-iou", type=float, default=None, help="validation IoU that defines convergence")
+    losses.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
+    losses.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``lungseg``; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"lungseg {args.command}: error: {error}", file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"lungseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    result = run_demo(out_dir=args.out, quick=args.quick, overwrite=args.overwrite)
+    print(result["text"])
+    return _EXIT_OK
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from segmentation.phantom import write_phantom_dataset
+
+    out = write_phantom_dataset(
+        args.out,
+        n_cases=args.cases,
+        seed=args.seed,
+        size=tuple(args.size) if args.size else None,
+        spacing_mm=tuple(args.spacing) if args.spacing else None,
+        n_test=args.test_cases,
+        overwrite=args.overwrite,
+    )
+    print(f"phantom dataset written to {out}")
+    return _EXIT_OK
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from segmentation.config import load_config
+    from pipelines.train import train
+
+    config = load_config(args.config, overrides=args.overrides)
+    summary = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume)
+    _print_json(summary)
+    return _EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import evaluate
+
+    summary = evaluate(
+        pred_dir=args.pred,
+        truth_dir=args.truth,
+        probs_dir=args.probs,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        connectivity=args.connectivity,
+        match=args.match,
+        iou_threshold=args.iou_threshold,
+        small_lesion_mm=args.small_lesion_mm,
+        size_bins_mm=tuple(args.size_bins_mm),
+        tolerance_mm=args.tolerance_mm,
+    )
+    _print_json(summary)
+    return _EXIT_OK
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from pipelines.infer import predict
+
+    result = predict(
+        model_dir=args.model,
+        input_path=args.input,
+        out_dir=args.out,
+        write_probs=args.probs,
+        tta=args.tta,
+        threshold=args.threshold,
+        min_size_mm3=args.min_size_mm3,
+        overwrite=args.overwrite,
+    )
+    for line in result["lines"]:
+        print(line)
+    return _EXIT_PARTIAL if result["failed"] else _EXIT_OK
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from pipelines import bench
+
+    result = bench.run_bench(
+        args.what,
+        config_path=args.config,
+        overrides=args.overrides,
+        steps=args.steps,
+        shape=tuple(args.shape) if args.shape else None,
+        out=args.out,
+    )
+    _print_json(result)
+    return _EXIT_OK
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from pipelines.study import study_losses
+
+    result = study_losses(
+        config_path=args.config,
+        data_dir=args.data,
+        out_dir=args.out,
+        losses=[name.strip() for name in args.losses.split(",") if name.strip()],
+        n_seeds=args.seeds,
+        epochs=args.epochs,
+        target_iou=args.target_iou,
+        parallel=args.parallel,
+        overrides=args.overrides,
+    )
+    print(result["text"])
+    return _EXIT_OK
+
+
+_COMMANDS = {
+    "demo": _run_demo,
+    "phantom": _run_phantom,
+    "train": _run_train,
+    "evaluate": _run_evaluate,
+    "predict": _run_predict,
+    "bench": _run_bench,
+    "study": _run_study,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,766 @@
+"""CT intensity normalisation, resampling to a target spacing, and the preprocessed-case cache.
+
+Training and inference share these functions (and the :class:`~segmentation.alignment.Geometry`
+they record), so both see exactly the same preprocessing. Order of operations in
+:func:`preprocess_volume`: optional crop to the body, resample (in Hounsfield units), then
+normalise, so the normalised image always honours its range (a cubic overshoot in HU is
+clipped by the window afterwards).
+
+Normalisations:
+
+* ``hu_window``: clip to a HU window (default [-1000, 400]) and scale to [0, 1].
+* ``ct_zscore`` (nnU-Net style): clip to the 0.5 / 99.5 percentiles of the foreground voxels
+  of the training cases, then subtract their mean and divide by their std. The statistics
+  (:class:`CTStats`) are computed once by :func:`compute_ct_stats` and stored with the run
+  (in the spec, which is written into every cache record).
+
+Cache layout in ``cache_dir``: ``{case}_image.npy`` (float32), ``{case}_mask.npy`` (uint8,
+when there is a mask) and ``{case}.json`` (geometry, spacing, shape, spec, foreground voxel
+count and one entry per 26-connected lesion). The JSON is written last and is the record of
+truth; :func:`load_cached_case` opens the arrays memory-mapped and checks them against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import ndimage
+
+from segmentation.alignment import (
+    Crop,
+    Geometry,
+    Resample,
+    ShapeMismatchError,
+    body_bbox,
+    resample_mask_to_shape,
+    resample_to_shape,
+    separate_slice_axis,
+    target_shape,
+)
+
+__all__ = [
+    "CacheError",
+    "CTStats",
+    "PreprocessSpec",
+    "Preprocessed",
+    "CachedCase",
+    "hu_window",
+    "ct_zscore",
+    "compute_ct_stats",
+    "resample_image",
+    "resample_mask",
+    "preprocess_volume",
+    "lesion_records",
+    "cache_case",
+    "load_cached_case",
+]
+
+_CACHE_VERSION = 1
+_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+class CacheError(ValueError):
+    """A cached case is missing a file, corrupt or stale; the message names the file."""
+
+
+def _finite_number(value: Any, *, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"Expected {name} to be a number. Received: {name}={value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"Expected {name} to be finite. Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_window(window: Any, *, name: str = "window") -> tuple[float, float]:
+    try:
+        low, high = window
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected {name} to be (low_hu, high_hu). Received: {name}={window!r}") from None
+    low = _finite_number(low, name=f"{name}[0]")
+    high = _finite_number(high, name=f"{name}[1]")
+    if not low < high:
+        raise ValueError(f"Expected {name} with low < high. Received: {name}=({low}, {high})")
+    return low, high
+
+
+def _check_spacing(value: Any, *, name: str) -> tuple[float, float, float]:
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}") from None
+    if len(items) != 3 or any(
+        isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in items
+    ):
+        raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}")
+    floats = tuple(float(v) for v in items)
+    if not all(math.isfinite(v) and v > 0 for v in floats):
+        raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}")
+    return floats  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Intensity normalisation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CTStats:
+    """Foreground intensity statistics of the training cases (nnU-Net CT normalisation).
+
+    Attributes:
+        lower_hu: 0.5th percentile of the foreground voxels (clip floor).
+        upper_hu: 99.5th percentile (clip ceiling).
+        mean_hu: Mean of the foreground voxels.
+        std_hu: Standard deviation of the foreground voxels (> 0).
+    """
+
+    lower_hu: float
+    upper_hu: float
+    mean_hu: float
+    std_hu: float
+
+    def __post_init__(self) -> None:
+        for name in ("lower_hu", "upper_hu", "mean_hu", "std_hu"):
+            object.__setattr__(self, name, _finite_number(getattr(self, name), name=f"CTStats.{name}"))
+        if self.lower_hu > self.upper_hu:
+            raise ValueError(
+                f"Expected CTStats.lower_hu <= upper_hu. Received: lower_hu={self.lower_hu}, upper_hu={self.upper_hu}"
+            )
+        if self.std_hu <= 0:
+            raise ValueError(f"Expected CTStats.std_hu > 0. Received: std_hu={self.std_hu}")
+
+    def apply(self, image_hu: np.ndarray) -> np.ndarray:
+        """Clip to [lower_hu, upper_hu], then ``(x - mean_hu) / std_hu``; float32."""
+        return ct_zscore(image_hu, stats=self)
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CTStats:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"Expected a CTStats mapping. Received: {data!r}")
+        fields = ("lower_hu", "upper_hu", "mean_hu", "std_hu")
+        if set(data) != set(fields):
+            raise ValueError(f"Expected CTStats keys {list(fields)}. Received: {sorted(data)}")
+        return cls(**{k: data[k] for k in fields})
+
+
+def _image_array(image: Any, *, name: str) -> np.ndarray:
+    array = np.asarray(image)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"Expected {name} with a real numeric dtype. Received: {name}.dtype={array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise ValueError(f"Expected {name} without NaN or inf. Received: {name} with non-finite values")
+    return array
+
+
+def hu_window(image_hu: np.ndarray, *, window: Sequence[float] = (-1000.0, 400.0)) -> np.ndarray:
+    """Clips to a Hounsfield window and scales it to [0, 1].
+
+    Args:
+        image_hu: ndarray of any shape, in HU (int or float).
+        window: ``(low_hu, high_hu)`` with ``low_hu < high_hu``; ``low_hu`` maps to 0 and
+            ``high_hu`` to 1.
+
+    Returns:
+        float32 ndarray of the same shape with values in [0, 1].
+
+    Raises:
+        ValueError: For ``low_hu >= high_hu`` or non-finite values.
+        TypeError: For a non-numeric image.
+    """
+    low, high = _check_window(window)
+    array = _image_array(image_hu, name="image_hu").astype(np.float32)
+    np.clip(array, low, high, out=array)
+    array -= np.float32(low)
+    array /= np.float32(high - low)
+    return np.clip(array, 0.0, 1.0, out=array)
+
+
+def ct_zscore(image_hu: np.ndarray, *, stats: CTStats) -> np.ndarray:
+    """nnU-Net CT normalisation: clip to the stats' percentiles, then z-score.
+
+    Args:
+        image_hu: ndarray of any shape, in HU.
+        stats: The training-set statistics from :func:`compute_ct_stats`.
+
+    Returns:
+        float32 ndarray of the same shape.
+
+    Raises:
+        TypeError: If ``stats`` is not a CTStats.
+    """
+    if not isinstance(stats, CTStats):
+        raise TypeError(f"Expected stats to be a CTStats. Received: stats={stats!r}")
+    array = _image_array(image_hu, name="image_hu").astype(np.float32)
+    np.clip(array, stats.lower_hu, stats.upper_hu, out=array)
+    array -= np.float32(stats.mean_hu)
+    array /= np.float32(stats.std_hu)
+    return array
+
+
+def compute_ct_stats(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]], *, max_voxels_per_case: int = 10_000, seed: int = 0
+) -> CTStats:
+    """Percentiles (0.5, 99.5), mean and std of the foreground voxels of training cases.
+
+    Each case contributes at most ``max_voxels_per_case`` foreground voxels, drawn without
+    replacement by a generator seeded with ``(seed, case index)``, so the result does not
+    depend on memory or timing and large cases do not dominate.
+
+    Args:
+        pairs: Iterable of ``(image_hu, mask)`` with equal shapes; mask > 0 is foreground.
+        max_voxels_per_case: Positive int.
+        seed: Non-negative int.
+
+    Returns:
+        The CTStats.
+
+    Raises:
+        ValueError: For no pairs, no foreground voxel at all, mismatched shapes (the message
+            names the pair), or zero spread of the foreground intensities.
+    """
+    if isinstance(max_voxels_per_case, bool) or not isinstance(max_voxels_per_case, int) or max_voxels_per_case < 1:
+        raise ValueError(f"Expected max_voxels_per_case >= 1. Received: max_voxels_per_case={max_voxels_per_case!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"Expected seed to be a non-negative int. Received: seed={seed!r}")
+    samples = []
+    count = 0
+    for index, pair in enumerate(pairs):
+        try:
+            image, mask = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"Expected pairs[{index}] to be (image_hu, mask). Received: {type(pair).__name__}") from None
+        image = _image_array(image, name=f"pairs[{index}].image_hu")
+        mask = np.asarray(mask)
+        if image.shape != mask.shape:
+            raise ShapeMismatchError(
+                f"Expected image and mask of pairs[{index}] with equal shapes. "
+                f"Received: image.shape={image.shape}, mask.shape={mask.shape}"
+            )
+        count += 1
+        values = image[mask > 0].astype(np.float64)
+        if values.size > max_voxels_per_case:
+            rng = np.random.default_rng([seed, index])
+            values = rng.choice(values, size=max_voxels_per_case, replace=False)
+        samples.append(values)
+    if count == 0:
+        raise ValueError("Expected at least one (image_hu, mask) pair. Received: pairs=[]")
+    values = np.concatenate(samples)
+    if values.size == 0:
+        raise ValueError(f"Expected foreground voxels in the training masks. Received: 0 voxels in {count} cases")
+    std = float(values.std())
+    if std <= 0:
+        raise ValueError(f"Expected foreground intensities with a spread. Received: std_hu=0 over {values.size} voxels")
+    lower, upper = np.percentile(values, [0.5, 99.5])
+    return CTStats(lower_hu=float(lower), upper_hu=float(upper), mean_hu=float(values.mean()), std_hu=std)
+
+
+# --------------------------------------------------------------------------------------------
+# Spec
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessSpec:
+    """How a case is brought to network space.
+
+    Attributes:
+        normalisation: ``"hu_window"`` or ``"ct_zscore"`` (needs ``ct_stats``).
+        hu_window: ``(low_hu, high_hu)`` for ``hu_window``.
+        target_spacing_mm: 3 spacings in canonical order, or None to keep the native grid.
+            The new shape is ``round(shape * spacing / target)``; the actual spacing
+            (``spacing * shape / new_shape``, same extent) can differ from the target by
+            the rounding and is what the Preprocessed/cache records.
+        image_order: Image interpolation order (1 linear, 3 cubic; 0-5 allowed).
+        anisotropy_ratio: A single axis coarser than this times the finest is resampled on
+            its own, linearly, after the in-plane resample.
+        ct_stats: Training-set statistics for ``ct_zscore``.
+        crop_to_body: Crop to the body bounding box (always containing the whole mask).
+        body_threshold_hu: HU threshold of the body for ``crop_to_body``.
+        body_margin_vox: Margin around the body box, in voxels.
+    """
+
+    normalisation: Literal["hu_window", "ct_zscore"] = "hu_window"
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    target_spacing_mm: tuple[float, float, float] | None = None
+    image_order: int = 1
+    anisotropy_ratio: float = 3.0
+    ct_stats: CTStats | None = None
+    crop_to_body: bool = False
+    body_threshold_hu: float = -500.0
+    body_margin_vox: int = 2
+
+    def __post_init__(self) -> None:
+        if self.normalisation not in ("hu_window", "ct_zscore"):
+            raise ValueError(
+                f"Expected normalisation 'hu_window' or 'ct_zscore'. Received: normalisation={self.normalisation!r}"
+            )
+        object.__setattr__(self, "hu_window", _check_window(self.hu_window, name="hu_window"))
+        if self.target_spacing_mm is not None:
+            object.__setattr__(
+                self, "target_spacing_mm", _check_spacing(self.target_spacing_mm, name="target_spacing_mm")
+            )
+        order = self.image_order
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= order <= 5:
+            raise ValueError(f"Expected image_order to be an int in [0, 5]. Received: image_order={order!r}")
+        ratio = _finite_number(self.anisotropy_ratio, name="anisotropy_ratio")
+        if ratio <= 1:
+            raise ValueError(f"Expected anisotropy_ratio > 1. Received: anisotropy_ratio={ratio}")
+        object.__setattr__(self, "anisotropy_ratio", ratio)
+        if isinstance(self.ct_stats, Mapping):
+            object.__setattr__(self, "ct_stats", CTStats.from_dict(self.ct_stats))
+        if self.ct_stats is not None and not isinstance(self.ct_stats, CTStats):
+            raise TypeError(f"Expected ct_stats to be a CTStats or None. Received: ct_stats={self.ct_stats!r}")
+        if self.normalisation == "ct_zscore" and self.ct_stats is None:
+            raise ValueError(
+                "Expected ct_stats (from compute_ct_stats on the training cases) for normalisation='ct_zscore'. "
+                "Received: ct_stats=None"
+            )
+        if not isinstance(self.crop_to_body, bool):
+            raise TypeError(f"Expected crop_to_body to be a bool. Received: crop_to_body={self.crop_to_body!r}")
+        object.__setattr__(self, "body_threshold_hu", _finite_number(self.body_threshold_hu, name="body_threshold_hu"))
+        margin = self.body_margin_vox
+        if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or margin < 0:
+            raise ValueError(f"Expected body_margin_vox to be a non-negative int. Received: body_margin_vox={margin!r}")
+
+    def normalise(self, image_hu: np.ndarray) -> np.ndarray:
+        """Applies this spec's normalisation; float32, same shape."""
+        if self.normalisation == "hu_window":
+            return hu_window(image_hu, window=self.hu_window)
+        return ct_zscore(image_hu, stats=self.ct_stats)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples as lists, ct_stats as a dict)."""
+        return {
+            "normalisation": self.normalisation,
+            "hu_window": list(self.hu_window),
+            "target_spacing_mm": None if self.target_spacing_mm is None else list(self.target_spacing_mm),
+            "image_order": int(self.image_order),
+            "anisotropy_ratio": self.anisotropy_ratio,
+            "ct_stats": None if self.ct_stats is None else self.ct_stats.to_dict(),
+            "crop_to_body": self.crop_to_body,
+            "body_threshold_hu": self.body_threshold_hu,
+            "body_margin_vox": int(self.body_margin_vox),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
+        """Inverse of :meth:`to_dict`; unknown keys are errors."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"Expected a PreprocessSpec mapping. Received: {data!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"Expected PreprocessSpec keys in {sorted(fields)}. Received: unknown keys {unknown}")
+        kwargs = dict(data)
+        for key in ("hu_window", "target_spacing_mm"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------------
+
+
+def resample_image(
+    array: np.ndarray,
+    *,
+    out_shape: Sequence[int],
+    spacing_mm: Sequence[float],
+    order: int = 1,
+    anisotropy_ratio: float = 3.0,
+    anti_aliasing: bool = True,
+) -> np.ndarray:
+    """Resamples an image to ``out_shape`` over the same physical extent.
+
+    When one axis is more than ``anisotropy_ratio`` times coarser than the finest (in the
+    input or the output grid), slices are first resampled in-plane with ``order`` and that
+    axis then linearly: a cubic spline across thick slices overshoots and mixes anatomy that
+    lies millimetres apart, linear interpolation never leaves the range of its neighbours.
+
+    Args:
+        array: ndarray of shape (I, J, K).
+        out_shape: 3 positive ints.
+        spacing_mm: Spacing of ``array`` in mm (same axis order).
+        order: 1 linear, 3 cubic (0-5).
+        anisotropy_ratio: See above (> 1).
+        anti_aliasing: Gaussian pre-filter on downsampled axes (sigma ``(scale - 1) / 2``).
+
+    Returns:
+        float32 ndarray of shape ``out_shape``.
+
+    Raises:
+        ValueError: For a bad spacing, shape, order or ratio.
+    """
+    array = np.asarray(array)
+    spacing = _check_spacing(spacing_mm, name="spacing_mm")
+    if array.ndim != 3:
+        raise ValueError(f"Expected array of shape (I, J, K). Received: array.shape={array.shape}")
+    out_spacing = tuple(s * n / m for s, n, m in zip(spacing, array.shape, _out_shape(out_shape)))
+    axis = separate_slice_axis(spacing, anisotropy_ratio=anisotropy_ratio, target_spacing_mm=out_spacing)
+    return resample_to_shape(array, out_shape, order=order, slice_axis=axis, anti_aliasing=anti_aliasing)
+
+
+def _out_shape(out_shape: Any) -> tuple[int, int, int]:
+    try:
+        items = tuple(out_shape)
+    except TypeError:
+        raise ValueError(f"Expected out_shape to be 3 positive ints. Received: out_shape={out_shape!r}") from None
+    if len(items) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in items):
+        raise ValueError(f"Expected out_shape to be 3 positive ints. Received: out_shape={out_shape!r}")
+    return tuple(int(v) for v in items)  # type: ignore[return-value]
+
+
+def resample_mask(
+    array: np.ndarray,
+    *,
+    out_shape: Sequence[int],
+    spacing_mm: Sequence[float],
+    anisotropy_ratio: float = 3.0,
+    keep_components: bool = True,
+) -> np.ndarray:
+    """Resamples a binary mask as float, thresholds ``>= 0.5``, keeps every component.
+
+    Downsampled axes are interpolated linearly, upsampled axes take the nearest source voxel
+    (see :func:`segmentation.alignment.resample_mask_to_shape`); the operator is separable, so
+    the in-plane / slice-axis split of :func:`resample_image` changes nothing and
+    ``spacing_mm`` and ``anisotropy_ratio`` are only validated, for a uniform signature. Any 26-connected component that would vanish keeps the
+    output voxel nearest its centre voxel (nearest-neighbour or plain thresholding on a
+    downsample can erase a 3 mm nodule).
+
+    Args:
+        array: ndarray of shape (I, J, K); any value > 0 is foreground.
+        out_shape: 3 positive ints.
+        spacing_mm: Spacing of ``array`` in mm.
+        anisotropy_ratio: Accepted for symmetry with :func:`resample_image` (> 1).
+        keep_components: Set False only to see the plain thresholded resample.
+
+    Returns:
+        uint8 ndarray of shape ``out_shape``, values in {0, 1}.
+
+    Raises:
+        ValueError: For a bad spacing, shape or ratio.
+    """
+    _check_spacing(spacing_mm, name="spacing_mm")
+    separate_slice_axis((1.0, 1.0, 1.0), anisotropy_ratio=anisotropy_ratio)  # validates the ratio
+    return resample_mask_to_shape(array, _out_shape(out_shape), keep_components=keep_components)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-case preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preprocessed:
+    """A case in network space.
+
+    Attributes:
+        image: float32 ndarray (I, J, K), normalised.
+        mask: uint8 ndarray (I, J, K) in {0, 1}, or None.
+        geometry: Geometry from the source file to this grid.
+        spacing_mm: Actual spacing of this grid (from ``geometry.affine``).
+        spec: The PreprocessSpec that produced it (written into the cache record).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    geometry: Geometry
+    spacing_mm: tuple[float, float, float]
+    spec: PreprocessSpec | None = None
+
+
+def _describe(volume: Any) -> str:
+    path = getattr(volume, "path", None)
+    return f"'{path}'" if path is not None else "<in-memory volume>"
+
+
+def preprocess_volume(image: Any, *, spec: PreprocessSpec, mask: Any | None = None) -> Preprocessed:
+    """Crops (optional), resamples and normalises one case, recording every step.
+
+    Args:
+        image: A ``segmentation.io.Volume`` (canonical ``array`` in HU, ``affine``,
+            ``geometry``); any object with those attributes works.
+        spec: The PreprocessSpec.
+        mask: Optional mask Volume on the same grid (any value > 0 is foreground).
+
+    Returns:
+        Preprocessed with ``geometry = image.geometry.then(...)`` for each step taken: Crop
+        when ``spec.crop_to_body``, Resample when the target spacing changes the shape.
+
+    Raises:
+        TypeError: If ``spec`` is not a PreprocessSpec.
+        ShapeMismatchError: If the mask grid differs from the image's (names both).
+        ValueError: If the image array does not match its geometry or the affines differ.
+    """
+    if not isinstance(spec, PreprocessSpec):
+        raise TypeError(f"Expected spec to be a PreprocessSpec. Received: spec={spec!r}")
+    array = _image_array(image.array, name=f"image {_describe(image)}")
+    geometry: Geometry = image.geometry
+    if array.ndim != 3 or tuple(array.shape) != geometry.shape:
+        raise ValueError(
+            f"Expected the image array of {_describe(image)} to have its geometry's shape {geometry.shape}. "
+            f"Received: array.shape={array.shape}"
+        )
+    mask_array = None
+    if mask is not None:
+        mask_array = np.asarray(mask.array)
+        if mask_array.shape != array.shape:
+            raise ShapeMismatchError(
+                f"Expected mask {_describe(mask)} on the grid of image {_describe(image)}. "
+                f"Received: image.shape={array.shape}, mask.shape={mask_array.shape}"
+            )
+        if not np.allclose(np.asarray(mask.affine), geometry.affine, atol=1e-3):
+            raise ValueError(
+                f"Expected mask {_describe(mask)} with the affine of image {_describe(image)}. "
+                f"Received: image affine={np.round(geometry.affine, 4).tolist()}, "
+                f"mask affine={np.round(np.asarray(mask.affine), 4).tolist()}"
+            )
+        mask_array = (mask_array > 0).astype(np.uint8)
+
+    steps = []
+    if spec.crop_to_body:
+        start, stop = body_bbox(array, threshold_hu=spec.body_threshold_hu, margin_vox=int(spec.body_margin_vox))
+        if mask_array is not None and mask_array.any():
+            box = ndimage.find_objects(mask_array)[0]
+            start = tuple(min(a, s.start) for a, s in zip(start, box))
+            stop = tuple(max(b, s.stop) for b, s in zip(stop, box))
+        if tuple(start) != (0, 0, 0) or tuple(stop) != geometry.shape:
+            steps.append(Crop(start=start, stop=stop, in_shape=geometry.shape))
+            geometry = geometry.then(steps[-1])
+    if spec.target_spacing_mm is not None:
+        spacing = geometry.spacing_mm
+        out_shape = target_shape(geometry.shape, spacing_mm=spacing, target_spacing_mm=spec.target_spacing_mm)
+        if out_shape != geometry.shape:
+            axis = separate_slice_axis(
+                spacing, anisotropy_ratio=spec.anisotropy_ratio, target_spacing_mm=spec.target_spacing_mm
+            )
+            steps.append(Resample(in_shape=geometry.shape, out_shape=out_shape, slice_axis=axis))
+            geometry = geometry.then(steps[-1])
+
+    values = array
+    for step in steps:
+        values = step.forward(values, order=int(spec.image_order), mask=False)
+        if mask_array is not None:
+            mask_array = step.forward(mask_array, mask=True)
+    return Preprocessed(
+        image=spec.normalise(values),
+        mask=mask_array,
+        geometry=geometry,
+        spacing_mm=geometry.spacing_mm,
+        spec=spec,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CachedCase:
+    """A preprocessed case read back from the cache.
+
+    Attributes:
+        case_id: The case id.
+        image: float32 read-only memmap (I, J, K).
+        mask: uint8 read-only memmap (I, J, K), or None.
+        geometry: Geometry from the source file to this grid.
+        spacing_mm: Spacing of this grid.
+        lesions: One dict per 26-connected component: ``label``, ``voxel_count``, ``bbox``
+            (3 ``[start, stop)`` pairs), ``centroid_vox``, ``volume_mm3``.
+        spec: The PreprocessSpec recorded with the case (None if it was not recorded).
+    """
+
+    case_id: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    geometry: Geometry
+    spacing_mm: tuple[float, float, float]
+    lesions: list[dict[str, Any]]
+    spec: PreprocessSpec | None = None
+
+
+def lesion_records(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> list[dict[str, Any]]:
+    """One record per 26-connected component of ``mask`` (ordered by first voxel, C order).
+
+    Args:
+        mask: ndarray (I, J, K); > 0 is foreground.
+        spacing_mm: Spacing in mm.
+
+    Returns:
+        List of dicts: ``label`` (1-based), ``voxel_count``, ``bbox`` (3 ``[start, stop)``
+        pairs), ``centroid_vox`` (3 floats), ``volume_mm3``. Empty for an empty mask.
+    """
+    spacing = _check_spacing(spacing_mm, name="spacing_mm")
+    labels, count = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY_26)
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    centroids = ndimage.center_of_mass(labels > 0, labels, index)
+    voxel_mm3 = float(np.prod(spacing))
+    records = []
+    for label, (box, size, centroid) in enumerate(zip(ndimage.find_objects(labels), sizes, centroids), start=1):
+        records.append(
+            {
+                "label": label,
+                "voxel_count": int(size),
+                "bbox": [[int(s.start), int(s.stop)] for s in box],
+                "centroid_vox": [float(c) for c in centroid],
+                "volume_mm3": float(size) * voxel_mm3,
+            }
+        )
+    return records
+
+
+def _check_case_id(case_id: Any) -> str:
+    if not isinstance(case_id, str) or not case_id or case_id.startswith(".") or any(c in case_id for c in "/\\\0"):
+        raise ValueError(f"Expected case_id to be a non-empty file-name-safe string. Received: case_id={case_id!r}")
+    return case_id
+
+
+def _cache_paths(cache_dir: Path, case_id: str) -> tuple[Path, Path, Path]:
+    return cache_dir / f"{case_id}_image.npy", cache_dir / f"{case_id}_mask.npy", cache_dir / f"{case_id}.json"
+
+
+def cache_case(pre: Preprocessed, *, cache_dir: str | Path, case_id: str) -> Path:
+    """Writes a preprocessed case: ``{case}_image.npy``, ``{case}_mask.npy``, ``{case}.json``.
+
+    Every file is written atomically; the JSON is written last, so a reader never sees a
+    record whose arrays are not complete.
+
+    Args:
+        pre: The Preprocessed case.
+        cache_dir: Directory (created if missing).
+        case_id: File-name-safe case id.
+
+    Returns:
+        Path of the JSON record.
+
+    Raises:
+        TypeError: If ``pre`` is not a Preprocessed.
+        ShapeMismatchError: If the image, mask and geometry shapes disagree.
+    """
+    from segmentation.io import atomic_write  # the project's one atomic-write helper
+
+    if not isinstance(pre, Preprocessed):
+        raise TypeError(f"Expected pre to be a Preprocessed. Received: {type(pre).__name__}")
+    case_id = _check_case_id(case_id)
+    cache_dir = Path(cache_dir)
+    image = np.ascontiguousarray(pre.image, dtype=np.float32)
+    if image.ndim != 3 or image.shape != pre.geometry.shape:
+        raise ShapeMismatchError(
+            f"Expected the image of case {case_id!r} to have its geometry's shape {pre.geometry.shape}. "
+            f"Received: image.shape={image.shape}"
+        )
+    image_path, mask_path, json_path = _cache_paths(cache_dir, case_id)
+    atomic_write(image_path, lambda tmp: np.save(tmp, image, allow_pickle=False))
+    lesions: list[dict[str, Any]] = []
+    foreground = 0
+    if pre.mask is not None:
+        mask = np.ascontiguousarray(np.asarray(pre.mask) > 0, dtype=np.uint8)
+        if mask.shape != image.shape:
+            raise ShapeMismatchError(
+                f"Expected the mask of case {case_id!r} with the image shape. "
+                f"Received: image.shape={image.shape}, mask.shape={mask.shape}"
+            )
+        atomic_write(mask_path, lambda tmp: np.save(tmp, mask, allow_pickle=False))
+        lesions = lesion_records(mask, spacing_mm=pre.spacing_mm)
+        foreground = int(mask.sum(dtype=np.int64))
+    record = {
+        "cache_version": _CACHE_VERSION,
+        "case_id": case_id,
+        "shape": list(image.shape),
+        "spacing_mm": [float(s) for s in pre.spacing_mm],
+        "image_dtype": "float32",
+        "has_mask": pre.mask is not None,
+        "mask_dtype": "uint8",
+        "foreground_voxels": foreground,
+        "lesions": lesions,
+        "geometry": pre.geometry.to_dict(),
+        "spec": None if pre.spec is None else pre.spec.to_dict(),
+    }
+    text = json.dumps(record, indent=1)
+    return atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _open_npy(path: Path, *, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if not path.is_file():
+        raise CacheError(f"Expected the cached array file '{path}'. Received: no such file (stale cache?)")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise CacheError(f"Expected a readable .npy file at '{path}'. Received: {error}") from None
+    if array.shape != shape or array.dtype != np.dtype(dtype):
+        raise CacheError(
+            f"Expected '{path}' with shape {shape} and dtype {dtype} as its JSON record says (stale cache?). "
+            f"Received: shape={array.shape}, dtype={array.dtype}"
+        )
+    return array
+
+
+def load_cached_case(cache_dir: str | Path, case_id: str) -> CachedCase:
+    """Opens a cached case memory-mapped (``mmap_mode="r"``) and checks it against its record.
+
+    Args:
+        cache_dir: The cache directory.
+        case_id: The case id given to :func:`cache_case`.
+
+    Returns:
+        CachedCase with read-only memmaps.
+
+    Raises:
+        FileNotFoundError: If the JSON record does not exist (names the file).
+        CacheError: If the record is not valid JSON, lacks a key, has an unknown version, or
+            an array file is missing, unreadable or of another shape/dtype (names the file).
+    """
+    case_id = _check_case_id(case_id)
+    image_path, mask_path, json_path = _cache_paths(Path(cache_dir), case_id)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"Expected a cache record at '{json_path}'. Received: no such file")
+    try:
+        record = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheError(f"Expected valid JSON in '{json_path}'. Received: {error}") from None
+    try:
+        if not isinstance(record, dict):
+            raise ValueError(f"a {type(record).__name__}, not an object")
+        if record.get("cache_version") != _CACHE_VERSION:
+            raise ValueError(f"cache_version={record.get('cache_version')!r}, expected {_CACHE_VERSION}")
+        shape = tuple(int(n) for n in record["shape"])
+        geometry = Geometry.from_dict(record["geometry"])
+        if geometry.shape != shape:
+            raise ValueError(f"geometry shape {geometry.shape} != shape {shape}")
+        spacing = _check_spacing(record["spacing_mm"], name="spacing_mm")
+        lesions = record["lesions"]
+        if not isinstance(lesions, list) or not all(isinstance(x, dict) for x in lesions):
+            raise ValueError("lesions is not a list of objects")
+        spec = None if record["spec"] is None else PreprocessSpec.from_dict(record["spec"])
+        has_mask = record["has_mask"]
+        if not isinstance(has_mask, bool):
+            raise ValueError(f"has_mask={has_mask!r}")
+    except (KeyError, TypeError, ValueError) as error:
+        detail = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+        raise CacheError(f"Expected a complete, current cache record in '{json_path}'. Received: {detail}") from None
+    image = _open_npy(image_path, shape=shape, dtype="float32")
+    mask = _open_npy(mask_path, shape=shape, dtype="uint8") if has_mask else None
+    return CachedCase(
+        case_id=case_id,
+        image=image,
+        mask=mask,
+        geometry=geometry,
+        spacing_mm=spacing,
+        lesions=lesions,
+        spec=spec,
+    )
