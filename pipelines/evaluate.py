@@ -136,9 +136,12 @@ def find_pairs(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
                            what="prediction"), name="pred_dir")
     probs: dict[str, Path] = {}
     if probs_dir is not None:
-        probs = _index(_assign(_list_nifti(Path(probs_dir), name="probs_dir"), truth_ids,
-                               _PROBS_SUFFIXES, name="probs_dir", what="probability map"),
-                       name="probs_dir")
+        prob_files = _list_nifti(Path(probs_dir), name="probs_dir")
+        if any(stem.endswith(_PROBS_SUFFIXES) for stem, _ in prob_files):
+            # A folder written by `lungseg predict --probs` holds masks beside the maps.
+            prob_files = [(stem, path) for stem, path in prob_files if stem.endswith(_PROBS_SUFFIXES)]
+        probs = _index(_assign(prob_files, truth_ids, _PROBS_SUFFIXES, name="probs_dir",
+                               what="probability map"), name="probs_dir")
         lacking = sorted(set(preds) - set(probs))
         if lacking:
             raise EvaluationError(

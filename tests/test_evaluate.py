@@ -266,3 +266,14 @@ def test_bench_evaluate_runs_on_a_small_scan():
     result = bench_evaluate(shape=(48, 48, 40), spacing_mm=(2.0, 2.0, 2.5), repeats=1)
     assert result["shape"] == [48, 48, 40] and result["n_lesions"] >= 1
     assert 0.0 < result["dice"] <= 1.0 and result["seconds"] > 0
+
+
+def test_masks_and_probability_maps_in_one_folder(phantom):
+    """`lungseg predict --probs` writes {case}_mask and {case}_probs side by side."""
+    shared = phantom / "pred"
+    for case in ("case_a", "case_b"):
+        (phantom / "probs" / f"{case}_probs.nii.gz").rename(shared / f"{case}_probs.nii.gz")
+    summary = evaluate(pred_dir=shared, truth_dir=phantom / "truth", probs_dir=shared,
+                       out_dir=phantom / "report")
+    assert summary["cpm"] is not None
+    assert summary["n_cases"] == 3
