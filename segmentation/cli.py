@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True, help="NIfTI file, folder of NIfTI, or DICOM series folder")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--probs", action="store_true", help="also write {case}_probs.nii.gz")
-    predict.add_argument("--tta", action="store_true", help="mirror test-time augmentation")
+    predict.add_argument("--tta", action="store_true", default=None,
+                         help="mirror test-time augmentation (default: the run's inference.tta)")
     predict.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the run's)")
     predict.add_argument("--min-size-mm3", type=float, default=None, help="drop smaller components")
     predict.add_argument("--overwrite", action="store_true", help="redo cases already written")

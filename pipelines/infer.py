@@ -1,0 +1,654 @@
+"""Inference: ``lungseg predict --model RUN_DIR --input PATH --out DIR [--probs] [--tta]
+[--threshold T] [--min-size-mm3 V] [--overwrite]``.
+
+Per scan (`predict_volume` holds the numerical part, `predict` the files):
+
+1. read: `segmentation.io.read_volume` for a NIfTI file, `segmentation.dicom.read_dicom_series`
+   for a folder holding one DICOM series;
+2. `segmentation.preprocessing.preprocess_volume` with the run's own ``config.preprocess``
+   (the resolved ``config.yaml`` saved by training, so preprocessing cannot drift);
+3. `pipelines.predictor.predict_probabilities`: the one sliding-window wrapper (window =
+   ``train.patch_size``, ``inference.overlap``, Gaussian importance, batched windows, air-only
+   windows skipped, optional mirror TTA), network-space probabilities;
+4. ``Geometry.inverse(probs, order=1)``: probabilities (not labels) go back to the exact
+   source grid and voxel order, then are clipped to [0, 1];
+5. threshold (``>= threshold``) and removal of connected components smaller than
+   ``min_size_mm3`` (connectivity ``evaluation.connectivity``, as in evaluation);
+6. write, each file atomically: ``{case}_probs.nii.gz`` (with ``write_probs``; float32),
+   ``{case}_nodules.csv``, ``{case}_nodules.json`` and last ``{case}_mask.nii.gz`` (uint8),
+   all with the input's source shape, affine and header codes (``write_volume`` re-reads the
+   file and checks shape and affine before the rename). Since the mask is written last, a
+   case whose mask exists is complete; if any write fails, the files of that case written in
+   this attempt are removed, so nothing partial is left.
+
+Nodule table (one row per connected component of the final mask, largest first): ``id``
+(1..n), ``centroid_vox_i/j/k`` (source voxel order, as stored in the input file),
+``centroid_x/y/z_mm`` (world RAS+ mm as nibabel reports it; for DICOM input that is the
+patient LPS position with x and y negated), ``diameter_mm`` (equivalent sphere diameter
+``(6 V / pi) ** (1/3)``), ``volume_mm3``, ``mean_prob`` and ``max_prob`` (probabilities in
+the component), ``slice_start`` and ``slice_end`` (inclusive indices along the *slice axis*:
+the source axis with the largest spacing, ties broken by the axis most aligned with the
+world superior-inferior direction; reported in the JSON) and ``size_category`` of the
+equivalent diameter: ``"<6mm"``, ``"6-8mm"`` (6 to < 8), ``"8-15mm"`` (8 to < 15),
+``">=15mm"`` (Lung-RADS-like solid-nodule size bands).
+
+Inputs: a NIfTI file; a folder of NIfTI files (every ``.nii``/``.nii.gz`` in it, sorted;
+case id = file name without the suffix and without a trailing ``_0000``); or a folder with
+no NIfTI file holding one DICOM series (case id = the folder name). In a folder run a bad
+scan is caught and reported (``lines``, its case record) and the other scans go on; a
+single-scan input raises the error instead (bad input, exit status 2 in the CLI).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from segmentation import metrics
+from segmentation.config import Config, load_config
+from segmentation.io import (
+    NIFTI_SUFFIXES,
+    Volume,
+    atomic_write,
+    case_id_from_path,
+    read_volume,
+    write_volume,
+)
+from segmentation.preprocessing import preprocess_volume
+
+__all__ = [
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "NODULE_COLUMNS",
+    "InferenceError",
+    "InputCase",
+    "find_inputs",
+    "load_run",
+    "nodule_table",
+    "output_paths",
+    "predict",
+    "predict_volume",
+    "size_category",
+    "slice_axis",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.yaml"
+
+NODULE_COLUMNS = (
+    "id",
+    "centroid_vox_i",
+    "centroid_vox_j",
+    "centroid_vox_k",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "diameter_mm",
+    "volume_mm3",
+    "mean_prob",
+    "max_prob",
+    "slice_start",
+    "slice_end",
+    "size_category",
+)
+"""Columns of ``{case}_nodules.csv`` (and keys of each ``nodules`` entry of the JSON)."""
+
+_SIZE_BANDS_MM = ((6.0, "<6mm"), (8.0, "6-8mm"), (15.0, "8-15mm"), (math.inf, ">=15mm"))
+_DECIMALS = 4
+
+
+class InferenceError(ValueError):
+    """Bad run directory, input or option. The message names the path or the argument."""
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+def _as_path(value: Any, *, name: str) -> Path:
+    if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
+        return Path(value)
+    raise TypeError(f"Expected {name} to be a str or os.PathLike. Received: {name}={value!r}")
+
+
+def _check_model(model: Any, config: Config, path: Path) -> None:
+    """The model's input rank and channels must match the run config."""
+    shape = tuple(model.inputs[0].shape)
+    spatial_dims = config.model.spatial_dims
+    channels = config.model.in_channels
+    if len(shape) != spatial_dims + 2 or shape[-1] not in (None, channels):
+        raise InferenceError(
+            f"Expected the model in '{path}' to take {spatial_dims}D inputs with {channels} "
+            f"channel(s) as its config.yaml says (model.spatial_dims={spatial_dims}, "
+            f"model.context_slices={config.model.context_slices}). Received: input shape={shape}"
+        )
+
+
+def load_run(model_dir: str | os.PathLike) -> tuple[Any, Config]:
+    """Loads a training run's model and resolved config.
+
+    Args:
+        model_dir: Run folder holding ``model.keras`` and ``config.yaml`` (as written by
+            ``lungseg train``).
+
+    Returns:
+        ``(model, config)``: the Keras model loaded with ``safe_mode=True`` and
+        ``compile=False`` (inference needs no optimizer or loss), and the `Config` loaded
+        from ``config.yaml``.
+
+    Raises:
+        InferenceError: The folder is missing, lacks ``config.yaml`` or ``model.keras``
+            (names the folder and the missing file), the model cannot be loaded safely, or
+            its inputs do not match the config.
+        segmentation.config.ConfigError: ``config.yaml`` is invalid (names the file).
+    """
+    import keras  # lazy: importing this module stays cheap
+
+    run = _as_path(model_dir, name="model_dir")
+    if not run.is_dir():
+        raise InferenceError(
+            f"Expected a training run folder with {MODEL_FILE} and {CONFIG_FILE}. "
+            f"Received: model_dir='{run}' ({'not a folder' if run.exists() else 'not found'})"
+        )
+    missing = [name for name in (CONFIG_FILE, MODEL_FILE) if not (run / name).is_file()]
+    if missing:
+        raise InferenceError(
+            f"Expected {' and '.join(missing)} in the run folder '{run}' (written by lungseg "
+            f"train; the config keeps the preprocessing the model was trained with). "
+            f"Received: model_dir='{run}' without {', '.join(missing)}"
+        )
+    config = load_config(run / CONFIG_FILE)
+    model_path = run / MODEL_FILE
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as err:  # corrupt zip, unsafe lambda, unknown layer, ...
+        raise InferenceError(
+            f"Expected a Keras model that loads in safe mode. Received: file='{model_path}' "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    _check_model(model, config, model_path)
+    return model, config
+
+
+# --------------------------------------------------------------------------------------------
+# One volume
+# --------------------------------------------------------------------------------------------
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+            or not 0.0 < float(threshold) < 1.0:
+        raise InferenceError(f"Expected threshold in (0, 1). Received: threshold={threshold!r}")
+    return float(threshold)
+
+
+def _check_min_size(min_size_mm3: Any) -> float:
+    if isinstance(min_size_mm3, bool) or not isinstance(min_size_mm3, (int, float, np.floating)) \
+            or not (math.isfinite(float(min_size_mm3)) and float(min_size_mm3) >= 0.0):
+        raise InferenceError(
+            f"Expected min_size_mm3 to be a finite number >= 0. Received: min_size_mm3={min_size_mm3!r}"
+        )
+    return float(min_size_mm3)
+
+
+def _source_spacing_mm(volume: Volume) -> tuple[float, float, float]:
+    norms = np.linalg.norm(np.asarray(volume.source_affine)[:3, :3], axis=0)
+    return tuple(float(n) for n in norms)  # type: ignore[return-value]
+
+
+def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | None = None,
+                   threshold: float | None = None, min_size_mm3: float | None = None,
+                   predict_fn: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and mask of one scan, in the scan's own (source) voxel grid.
+
+    Args:
+        model: Keras model (logits out), or None when ``predict_fn`` is given.
+        config: The run config (``preprocess``, ``train.patch_size``, ``inference``,
+            ``evaluation.connectivity``).
+        volume: The CT (`segmentation.io.Volume`, Hounsfield units).
+        tta: Mirror test-time augmentation; None: ``config.inference.tta``.
+        threshold: Foreground where ``probs >= threshold``; None: ``config.inference.threshold``.
+        min_size_mm3: Drop components smaller than this; None: ``config.inference.min_size_mm3``.
+        predict_fn: Optional ready predictor ``(B, *window, C) float32 -> (B, *window, 1)``
+            probabilities (e.g. `pipelines.predictor.make_predict_fn` reused across scans,
+            or any callable standing in for a model in tests).
+
+    Returns:
+        ``(probs_source, mask_source)``: float32 probabilities in [0, 1] and the uint8
+        {0, 1} mask, both of shape ``volume.source_shape`` in the order of the array as
+        stored on disk (write them with ``space="source"``).
+
+    Raises:
+        InferenceError: Bad ``threshold`` or ``min_size_mm3``.
+        ValueError: A non-finite preprocessed image (from `predict_probabilities`).
+    """
+    from pipelines.predictor import predict_probabilities, probabilities_to_mask
+
+    inference = config.inference
+    threshold = _check_threshold(inference.threshold if threshold is None else threshold)
+    min_size_mm3 = _check_min_size(inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3)
+    pre = preprocess_volume(volume, spec=config.preprocess)
+    geometry, image_net = pre.geometry, pre.image
+    del pre
+    probs_net = predict_probabilities(model, image_net, config=config, tta=tta, predict_fn=predict_fn)
+    del image_net
+    probs = np.ascontiguousarray(geometry.inverse(probs_net, order=1, fill=0.0), dtype=np.float32)
+    del probs_net
+    if not probs.flags.writeable:
+        probs = probs.copy()
+    np.clip(probs, 0.0, 1.0, out=probs)
+    mask = probabilities_to_mask(
+        probs,
+        threshold=threshold,
+        spacing_mm=_source_spacing_mm(volume),
+        min_size_mm3=min_size_mm3,
+        connectivity=config.evaluation.connectivity,
+    )
+    return probs, mask.view(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Nodule table (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def size_category(diameter_mm: float) -> str:
+    """Size band of an equivalent diameter: ``<6mm``, ``6-8mm``, ``8-15mm`` or ``>=15mm``.
+
+    Bands are half-open: 6.0 mm is ``"6-8mm"``, 8.0 mm ``"8-15mm"``, 15.0 mm ``">=15mm"``.
+
+    Raises:
+        ValueError: ``diameter_mm`` is negative or not finite.
+    """
+    if not (isinstance(diameter_mm, (int, float, np.floating)) and math.isfinite(diameter_mm)
+            and diameter_mm >= 0):
+        raise ValueError(f"Expected a finite diameter_mm >= 0. Received: diameter_mm={diameter_mm!r}")
+    for upper_mm, label in _SIZE_BANDS_MM:
+        if diameter_mm < upper_mm:
+            return label
+    return _SIZE_BANDS_MM[-1][1]  # pragma: no cover - inf bound always matches
+
+
+def slice_axis(affine: np.ndarray) -> int:
+    """The slice axis of a voxel grid: the axis with the largest spacing.
+
+    Ties (within 1e-6 relative) go to the axis whose direction is closest to the world
+    superior-inferior (z) axis, so an isotropic axial scan reports its axial slices.
+
+    Args:
+        affine: float ``(4, 4)`` voxel -> world affine of the grid.
+
+    Returns:
+        0, 1 or 2.
+    """
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    largest = np.flatnonzero(spacing >= spacing.max() * (1 - 1e-6))
+    if largest.size == 1:
+        return int(largest[0])
+    z_alignment = np.abs(columns[2, largest]) / spacing[largest]
+    return int(largest[np.argmax(z_alignment)])
+
+
+def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels, or None when empty."""
+    boxes = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=others))
+        if hits.size == 0:
+            return None
+        boxes.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(boxes)
+
+
+def nodule_table(mask: np.ndarray, probs: np.ndarray, *, affine: np.ndarray,
+                 connectivity: int = 26) -> list[dict[str, Any]]:
+    """One row per predicted nodule (connected component), largest first.
+
+    Components, volumes, equivalent diameters and world centroids come from
+    `segmentation.metrics.label_components` / `lesion_properties` (the same definitions as
+    evaluation), computed in the mask's bounding box only.
+
+    Args:
+        mask: uint8/bool ``(I, J, K)`` in source voxel order.
+        probs: float ``(I, J, K)`` probabilities on the same grid.
+        affine: ``(4, 4)`` source voxel -> world (RAS mm) affine.
+        connectivity: 6, 18 or 26.
+
+    Returns:
+        List of dicts with the keys `NODULE_COLUMNS` (floats rounded to 4 decimals;
+        ``slice_start``/``slice_end`` inclusive along `slice_axis`); empty for an empty mask.
+
+    Raises:
+        ValueError: Shapes differ, or a bad mask, affine or connectivity.
+    """
+    mask = np.asarray(mask)
+    probs = np.asarray(probs)
+    if mask.shape != probs.shape or mask.ndim != 3:
+        raise ValueError(
+            f"Expected mask and probs of the same 3D shape. Received: mask.shape={mask.shape}, "
+            f"probs.shape={probs.shape}"
+        )
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"Expected a (4, 4) affine. Received: affine.shape={affine.shape}")
+    box = _mask_box(mask)
+    if box is None:
+        return []
+    labels, n = metrics.label_components(mask[box] > 0, connectivity=connectivity)
+    offset = [s.start for s in box]
+    spacing_mm = np.linalg.norm(affine[:3, :3], axis=0)
+    props = metrics.lesion_properties(labels, n, spacing_mm=spacing_mm, affine=affine, offset=offset)
+    ids = np.arange(1, n + 1)
+    probs_box = probs[box]
+    mean_prob = ndi.mean(probs_box, labels, index=ids)
+    max_prob = ndi.maximum(probs_box, labels, index=ids)
+    extents = ndi.find_objects(labels)
+    axis = slice_axis(affine)
+    to_voxel = np.linalg.inv(affine)
+    rows = []
+    for index, prop in enumerate(props):
+        world = np.asarray(prop["centroid_mm"], dtype=np.float64)
+        voxel = to_voxel[:3, :3] @ world + to_voxel[:3, 3]
+        extent = extents[index][axis]
+        rows.append({
+            "centroid_vox_i": round(float(voxel[0]), _DECIMALS),
+            "centroid_vox_j": round(float(voxel[1]), _DECIMALS),
+            "centroid_vox_k": round(float(voxel[2]), _DECIMALS),
+            "centroid_x_mm": round(float(world[0]), _DECIMALS),
+            "centroid_y_mm": round(float(world[1]), _DECIMALS),
+            "centroid_z_mm": round(float(world[2]), _DECIMALS),
+            "diameter_mm": round(prop["diameter_mm"], _DECIMALS),
+            "volume_mm3": round(prop["volume_mm3"], _DECIMALS),
+            "mean_prob": round(float(mean_prob[index]), _DECIMALS),
+            "max_prob": round(float(max_prob[index]), _DECIMALS),
+            "slice_start": int(extent.start + offset[axis]),
+            "slice_end": int(extent.stop - 1 + offset[axis]),
+            "size_category": size_category(prop["diameter_mm"]),
+            "_volume": prop["volume_mm3"],
+        })
+    rows.sort(key=lambda r: (-r["_volume"], r["slice_start"]))
+    return [{"id": i + 1, **{k: v for k, v in r.items() if k != "_volume"}} for i, r in enumerate(rows)]
+
+
+def _nodules_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(NODULE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class InputCase:
+    """One scan to segment.
+
+    Attributes:
+        case_id: Output file prefix.
+        path: The NIfTI file or the DICOM series folder.
+        kind: ``"nifti"`` or ``"dicom"``.
+    """
+
+    case_id: str
+    path: Path
+    kind: Literal["nifti", "dicom"]
+
+
+def _is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
+
+
+def find_inputs(input_path: str | os.PathLike) -> list[InputCase]:
+    """The scans of ``--input``: a NIfTI file, a folder of NIfTI files, or a DICOM folder.
+
+    Args:
+        input_path: A ``.nii``/``.nii.gz`` file; a folder whose ``.nii``/``.nii.gz`` files
+            (hidden files excluded, sorted by name) are the cases; or a folder without
+            NIfTI files whose DICOM images form one series (case id: the folder name).
+
+    Returns:
+        The cases, in order.
+
+    Raises:
+        InferenceError: Missing path, a file that is not NIfTI, a folder with neither NIfTI
+            files nor DICOM images, or two files with the same case id.
+        segmentation.dicom.DicomError: A corrupt DICOM file in a DICOM folder.
+    """
+    from segmentation.dicom import find_dicom_series
+
+    path = _as_path(input_path, name="input_path")
+    if not path.exists():
+        raise InferenceError(f"Expected an existing NIfTI file or folder. Received: input='{path}' (not found)")
+    if path.is_file():
+        if not _is_nifti(path):
+            raise InferenceError(
+                "Expected a NIfTI file (.nii, .nii.gz), a folder of them, or a folder holding one "
+                f"DICOM series. Received: input='{path}'"
+            )
+        return [InputCase(case_id_from_path(path), path, "nifti")]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _is_nifti(p))
+    if files:
+        cases = [InputCase(case_id_from_path(p), p, "nifti") for p in files]
+        seen: dict[str, Path] = {}
+        for case in cases:
+            if case.case_id in seen:
+                raise InferenceError(
+                    f"Expected one file per case in folder '{path}'. Received: '{seen[case.case_id].name}' "
+                    f"and '{case.path.name}' both give case id '{case.case_id}'"
+                )
+            seen[case.case_id] = case.path
+        return cases
+    if not find_dicom_series(path):
+        raise InferenceError(
+            "Expected NIfTI files (.nii, .nii.gz) or the DICOM slices of one series in folder "
+            f"'{path}'. Received: neither"
+        )
+    return [InputCase(path.resolve().name, path, "dicom")]
+
+
+def output_paths(out_dir: str | os.PathLike, case_id: str) -> dict[str, Path]:
+    """The output files of a case: keys ``mask``, ``probs``, ``csv``, ``json``."""
+    out = Path(out_dir)
+    return {
+        "mask": out / f"{case_id}_mask.nii.gz",
+        "probs": out / f"{case_id}_probs.nii.gz",
+        "csv": out / f"{case_id}_nodules.csv",
+        "json": out / f"{case_id}_nodules.json",
+    }
+
+
+def _read_case(case: InputCase) -> Volume:
+    if case.kind == "dicom":
+        from segmentation.dicom import read_dicom_series
+
+        return read_dicom_series(case.path)
+    return read_volume(case.path, kind="image")
+
+
+def _write_outputs(paths: dict[str, Path], *, volume: Volume, probs: np.ndarray | None,
+                   mask: np.ndarray, rows: list[dict], record: dict) -> list[Path]:
+    """Writes one case's files (mask last); on failure removes those written here."""
+    written: list[Path] = []
+    try:
+        if probs is not None:
+            written.append(write_volume(paths["probs"], probs, reference=volume, kind="probs",
+                                        space="source"))
+        text = _nodules_csv(rows)
+        written.append(atomic_write(paths["csv"], lambda tmp: Path(tmp).write_text(text)))
+        blob = json.dumps(record, indent=2, allow_nan=False) + "\n"
+        written.append(atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(blob)))
+        written.append(write_volume(paths["mask"], mask, reference=volume, kind="mask", space="source"))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if written:  # an earlier mask would now mark a half-replaced case as complete
+            paths["mask"].unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _written_nodule_count(path: Path) -> int | None:
+    """``n_nodules`` of an earlier run's JSON, or None when it cannot be read."""
+    try:
+        count = json.loads(path.read_text()).get("n_nodules")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) else None
+
+
+def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path,
+                 threshold: float, min_size_mm3: float, tta: bool, connectivity: int) -> dict:
+    return {
+        "case_id": case.case_id,
+        "input": str(case.path),
+        "model_dir": str(run),
+        "shape": list(volume.source_shape),
+        "spacing_mm": [round(s, 6) for s in _source_spacing_mm(volume)],
+        "affine": np.asarray(volume.source_affine).round(6).tolist(),
+        "slice_axis": slice_axis(volume.source_affine),
+        "threshold": threshold,
+        "min_size_mm3": min_size_mm3,
+        "tta": tta,
+        "connectivity": connectivity,
+        "n_nodules": len(rows),
+        "columns": list(NODULE_COLUMNS),
+        "nodules": rows,
+    }
+
+
+def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir: Path,
+              write_probs: bool, tta: bool, threshold: float, min_size_mm3: float,
+              predict_fn: Any) -> tuple[dict[str, Path], int]:
+    paths = output_paths(out_dir, case.case_id)
+    volume = _read_case(case)
+    probs, mask = predict_volume(model, config, volume, tta=tta, threshold=threshold,
+                                 min_size_mm3=min_size_mm3, predict_fn=predict_fn)
+    connectivity = config.evaluation.connectivity
+    rows = nodule_table(mask, probs, affine=volume.source_affine, connectivity=connectivity)
+    record = _case_record(case, volume, rows, run=run, threshold=threshold,
+                          min_size_mm3=min_size_mm3, tta=tta, connectivity=connectivity)
+    _write_outputs(paths, volume=volume, probs=probs if write_probs else None, mask=mask,
+                   rows=rows, record=record)
+    if not write_probs and paths["probs"].exists():
+        # A probability map from an earlier run would no longer match the new mask.
+        paths["probs"].unlink()
+        logger.info("Removed stale %s", paths["probs"])
+    outputs = {k: v for k, v in paths.items() if k != "probs" or write_probs}
+    return outputs, len(rows)
+
+
+def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
+            out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
+            threshold: float | None = None, min_size_mm3: float | None = None,
+            overwrite: bool = False, progress: bool = True) -> dict:
+    """Segments one scan or a folder of scans with a trained run (``lungseg predict``).
+
+    Args:
+        model_dir: Run folder (``model.keras`` + ``config.yaml``).
+        input_path: NIfTI file, folder of NIfTI files, or folder holding one DICOM series.
+        out_dir: Output folder (created when the first file is written).
+        write_probs: Also write ``{case}_probs.nii.gz`` (float32 probabilities).
+        tta: Mirror test-time augmentation; None uses ``inference.tta`` of the run.
+        threshold: Probability threshold; None uses ``inference.threshold``.
+        min_size_mm3: Remove smaller predicted components; None uses ``inference.min_size_mm3``.
+        overwrite: Redo cases whose mask already exists (otherwise they are skipped).
+        progress: Show a tqdm bar over the scans (stderr).
+
+    Returns:
+        ``{"cases": [...], "failed": int, "lines": [...], "out_dir": str}``. Each case is
+        ``{"case_id", "input", "status" ("ok" | "skipped" | "failed"), "outputs" (name ->
+        path), "n_nodules", "seconds", "error"}``; ``lines`` are the lines the CLI prints.
+
+    Raises:
+        InferenceError: Bad run folder, input path or option (names it).
+        segmentation.io.VolumeError / segmentation.dicom.DicomError: The scan of a
+            single-scan input (a file or a DICOM folder) is unusable (names the file); in a
+            folder of scans such errors are reported per case instead.
+    """
+    from tqdm import tqdm
+
+    from pipelines.predictor import make_predict_fn
+
+    cases = find_inputs(input_path)
+    single = len(cases) == 1 and (Path(input_path).is_file() or cases[0].kind == "dicom")
+    out = _as_path(out_dir, name="out_dir")
+    if out.exists() and not out.is_dir():
+        raise InferenceError(f"Expected an output folder. Received: out_dir='{out}' is a file")
+    source_dir = Path(input_path) if cases[0].kind == "dicom" or Path(input_path).is_dir() else None
+    if source_dir is not None and out.resolve() == source_dir.resolve():
+        raise InferenceError(
+            "Expected an output folder other than the input folder (masks written there would be "
+            f"read as scans next time). Received: out_dir='{out}', input='{input_path}'"
+        )
+    if threshold is not None:
+        threshold = _check_threshold(threshold)
+    if min_size_mm3 is not None:
+        min_size_mm3 = _check_min_size(min_size_mm3)
+    run = _as_path(model_dir, name="model_dir")
+    model, config = load_run(run)
+    inference = config.inference
+    options = {
+        "tta": inference.tta if tta is None else bool(tta),
+        "threshold": inference.threshold if threshold is None else threshold,
+        "min_size_mm3": inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3,
+    }
+    predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
+    records, lines = [], []
+    for case in tqdm(cases, desc="predict", unit="scan", disable=not progress):
+        record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
+                  "n_nodules": None, "seconds": 0.0, "error": None}
+        paths = output_paths(out, case.case_id)
+        if paths["mask"].exists() and not overwrite:
+            record.update(status="skipped", outputs={k: str(v) for k, v in paths.items() if v.exists()},
+                          n_nodules=_written_nodule_count(paths["json"]))
+            lines.append(f"skipped {case.case_id}: {paths['mask']} exists (use --overwrite to redo)")
+            records.append(record)
+            continue
+        start = time.perf_counter()
+        try:
+            outputs, n_nodules = _run_case(case, model=model, config=config, run=run, out_dir=out,
+                                           predict_fn=predict_fn, write_probs=write_probs, **options)
+        except Exception as err:
+            if single:
+                raise
+            record.update(status="failed", error=f"{type(err).__name__}: {err}",
+                          seconds=round(time.perf_counter() - start, 3))
+            lines.append(f"FAILED {case.case_id} ({case.path}): {type(err).__name__}: {err}")
+            logger.warning("Prediction failed for %s: %s", case.path, err)
+            records.append(record)
+            continue
+        seconds = time.perf_counter() - start
+        record.update(outputs={k: str(v) for k, v in outputs.items()}, n_nodules=n_nodules,
+                      seconds=round(seconds, 3))
+        lines.append(f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)")
+        records.append(record)
+    failed = sum(r["status"] == "failed" for r in records)
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+    lines.append(
+        f"{len(records)} scan(s): {counts['ok']} ok, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed; threshold {options['threshold']}, min size "
+        f"{options['min_size_mm3']} mm3, TTA {'on' if options['tta'] else 'off'}; output in {out}"
+    )
+    return {"cases": records, "failed": failed, "lines": lines, "out_dir": str(out)}
