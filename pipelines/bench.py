@@ -1,0 +1,671 @@
+"""``lungseg bench train|infer|evaluate``: speed and memory figures on this machine.
+
+Every result is a JSON-safe dict with the machine (`machine_info`), the config path and
+overrides, and ``peak_rss_mib`` (the process's peak resident memory from
+``resource.getrusage``, i.e. over the whole command). Phases that matter on their own also
+carry ``phase_peak_rss_mib``: the peak of that phase alone, measured by resetting the
+kernel's high-water mark (``/proc/self/clear_refs``; None where the kernel does not allow it).
+
+* ``train``: parameters and analytic FLOPs per patch of the configured model; training-step
+  throughput (patches/s) of the configured model, loss and optimizer on one random in-memory
+  batch of the configured patch size (``model.train_on_batch`` after warm-up steps, no input
+  pipeline); input-pipeline throughput (patches/s) of the real patch pipeline (lesion-balanced
+  sampler + augmentation + tf.data, `pipelines.data`) on a small phantom written to a temporary
+  folder and preprocessed with the config. ``pipeline_to_step_ratio`` > 1 means the pipeline
+  keeps up with training. Both figures are measured one after the other on the same cores; in
+  a real run they share them.
+* ``infer``: a synthetic scan (``shape``, default 512 x 512 x 300 voxels of 0.7 x 0.7 x 1.25 mm)
+  through the full predict path, `pipelines.infer.predict_volume` (preprocess, sliding window,
+  geometry back to the scan, threshold), with an untrained model of the config (timing does not
+  depend on the weights), without and with mirror TTA. The scan is a
+  `segmentation.phantom.generate_case` chest phantom when its field of view is valid and its
+  size at most 512 x 512 x 320 voxels (about 20 s to generate on 2 cores), else a cheaper
+  synthetic chest (ellipses and spheres with noise); ``scan_source`` says which.
+* ``evaluate``: a truth/prediction pair of ``shape`` with seven lesions (3-25 mm; one missed,
+  two false positives) and a probability map through `segmentation.metrics.evaluate_case`;
+  the target is under 3 s for 512 x 512 x 300.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_SCAN_SHAPE",
+    "DEFAULT_SCAN_SPACING_MM",
+    "EVALUATE_TARGET_S",
+    "run_bench",
+    "machine_info",
+    "peak_rss_mib",
+    "bench_train_speed",
+    "bench_infer_speed",
+    "bench_evaluate_speed",
+    "synthetic_chest_hu",
+    "synthetic_lesion_pair",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu.yaml"
+DEFAULT_SCAN_SHAPE = (512, 512, 300)
+DEFAULT_SCAN_SPACING_MM = (0.7, 0.7, 1.25)
+EVALUATE_TARGET_S = 3.0
+DEFAULT_TRAIN_STEPS = 10
+_WARMUP_STEPS = 2
+_PHANTOM_MAX_VOXELS = 512 * 512 * 320
+_WHATS = ("train", "infer", "evaluate")
+
+
+# --------------------------------------------------------------------------- machine, memory
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _ram_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 2)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_info() -> dict:
+    """The machine and library versions behind a benchmark figure.
+
+    Returns:
+        ``{"cpu_model", "logical_cores", "usable_cores", "ram_gib", "gpus", "python",
+        "tensorflow", "keras", "numpy", "platform"}``; ``gpus`` lists the GPUs TensorFlow sees.
+    """
+    import keras
+    import tensorflow as tf
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "ram_gib": _ram_gib(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (``resource.getrusage``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
+    return round(peak / scale, 1)
+
+
+def _reset_phase_peak() -> bool:
+    """Resets the kernel's peak-RSS mark (VmHWM) of this process; False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _phase_peak_mib() -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class _Phase:
+    """Times a block and measures its own peak RSS (MiB, None where unsupported)."""
+
+    def __enter__(self) -> "_Phase":
+        self._resettable = _reset_phase_peak()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self.peak_rss_mib = _phase_peak_mib() if self._resettable else None
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _check_positive_int(value: Any, *, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Expected {name} to be an integer. Received: {name}={value!r}")
+    if value < 1:
+        raise ValueError(f"Expected {name} >= 1. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_shape(shape: Any, *, name: str = "shape") -> tuple[int, int, int]:
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"Expected {name} to be 3 positive integers. Received: {name}={shape!r}") from None
+    if len(items) != 3:
+        raise ValueError(f"Expected {name} to be 3 positive integers. Received: {name}={shape!r}")
+    return tuple(_check_positive_int(s, name=name) for s in items)  # type: ignore[return-value]
+
+
+def _check_spacing(spacing_mm: Any) -> tuple[float, float, float]:
+    try:
+        items = tuple(float(s) for s in spacing_mm)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Expected spacing_mm to be 3 positive numbers. Received: spacing_mm={spacing_mm!r}"
+        ) from None
+    if len(items) != 3 or not all(math.isfinite(s) and s > 0 for s in items):
+        raise ValueError(f"Expected spacing_mm to be 3 positive numbers. Received: spacing_mm={spacing_mm!r}")
+    return items  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _pipeline_phantom_geometry(config) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Size and spacing of the pipeline phantom: twice the patch at the target spacing.
+
+    The phantom is drawn at the config's target spacing (1.5 mm when it keeps native spacing),
+    large enough for twice the patch on each axis and for the phantom's minimum fields of view
+    (100 mm in-plane, 30 mm along the slices), capped at 160 voxels per axis.
+    """
+    from segmentation.phantom import MIN_FOV_INPLANE_MM, MIN_FOV_SLICE_MM
+
+    spacing = tuple(float(s) for s in (config.preprocess.target_spacing_mm or (1.5, 1.5, 1.5)))
+    patch = tuple(config.train.patch_size)
+    if len(patch) == 2:  # 2D models: in-plane patches of axial slices
+        patch = (*patch, 1)
+    fov = (MIN_FOV_INPLANE_MM, MIN_FOV_INPLANE_MM, MIN_FOV_SLICE_MM)
+    size = tuple(
+        min(160, max(2 * p, math.ceil(f / s) + 1, 16)) for p, f, s in zip(patch, fov, spacing)
+    )
+    spacing = tuple(max(s, f / n + 1e-6) for s, f, n in zip(spacing, fov, size))
+    return size, spacing  # type: ignore[return-value]
+
+
+def _random_batch(config, *, n_outputs: int, seed: int) -> tuple[np.ndarray, Any]:
+    """A random training batch: image uniform in [0, 1], label with about 5% foreground."""
+    rng = np.random.default_rng(seed)
+    shape = (config.train.batch_size, *config.train.patch_size)
+    channels = config.model.in_channels
+    if config.model.spatial_dims == 2:
+        channels = max(channels, 2 * config.model.context_slices + 1)
+    x = rng.random((*shape, channels), dtype=np.float32)
+    y = (rng.random((*shape, 1)) < 0.05).astype(np.float32)
+    return x, (y if n_outputs == 1 else tuple([y] * n_outputs))
+
+
+def bench_train_speed(config, *, steps: int = DEFAULT_TRAIN_STEPS, warmup_steps: int = _WARMUP_STEPS,
+                      seed: int = 0) -> dict:
+    """Model size, training-step throughput and input-pipeline throughput of a config.
+
+    Args:
+        config: A `segmentation.config.Config`.
+        steps: Timed training steps and pipeline batches (after ``warmup_steps`` each).
+        warmup_steps: Untimed steps first (tracing, thread pools).
+        seed: Seed of the random batch and of the model's initial weights.
+
+    Returns:
+        JSON-safe dict: ``params, trainable_params, flops_per_patch_forward,
+        train_gflops_per_s`` (3 x forward FLOPs per trained patch, an estimate),
+        ``train_step_s, train_patches_per_s, pipeline_patches_per_s,
+        pipeline_to_step_ratio, bottleneck`` ("input pipeline" or "training step"),
+        ``batch_size, patch_size, spatial_dims, steps, warmup_steps, pipeline_phantom``
+        and ``phase_peak_rss_mib`` (of the training steps).
+    """
+    import keras
+
+    from models.unet import count_params, estimate_flops
+    from pipelines.train import (build_model, compile_model, make_train_dataset,
+                                 prepare_data)
+    from pipelines.data import measure_pipeline_throughput
+    from segmentation.phantom import write_phantom_dataset
+
+    steps = _check_positive_int(steps, name="steps")
+    keras.utils.set_random_seed(seed)
+    model = build_model(config)
+    n_outputs = len(model.outputs)
+    compile_model(model, config, total_steps=steps + warmup_steps)
+    params = count_params(model)
+    trainable = count_params(model, trainable_only=True)
+    patch = tuple(config.train.patch_size)
+    flops = estimate_flops(model, patch)
+    x, y = _random_batch(config, n_outputs=n_outputs, seed=seed)
+    for _ in range(warmup_steps):
+        model.train_on_batch(x, y)
+    with _Phase() as step_phase:
+        for _ in range(steps):
+            model.train_on_batch(x, y)
+    step_s = step_phase.seconds / steps
+    train_pps = config.train.batch_size / step_s
+    del model
+    keras.backend.clear_session()
+
+    size, spacing = _pipeline_phantom_geometry(config)
+    # The pipeline is measured on its own phantom and cache, never in the user's cache_dir.
+    pipe_config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, cache_dir=None, n_folds=0, val_fraction=0.25))
+    with tempfile.TemporaryDirectory(prefix="lungseg_bench_") as tmp:
+        data_dir = write_phantom_dataset(Path(tmp) / "data", n_cases=4, seed=seed, size=size,
+                                         spacing_mm=spacing)
+        prepared = prepare_data(pipe_config, data_dir=data_dir, run_dir=Path(tmp) / "run",
+                                progress=False)
+        dataset = make_train_dataset(prepared.config, prepared)
+        pipeline_pps = measure_pipeline_throughput(dataset, n_batches=steps,
+                                                   warmup_batches=warmup_steps)
+        n_pipeline_cases = len(prepared.train_cases)
+        del dataset, prepared
+    ratio = pipeline_pps / train_pps
+    return {
+        "params": params,
+        "trainable_params": trainable,
+        "flops_per_patch_forward": flops,
+        "train_gflops_per_s": 3.0 * flops * train_pps / 1e9,
+        "train_step_s": step_s,
+        "train_patches_per_s": train_pps,
+        "pipeline_patches_per_s": pipeline_pps,
+        "pipeline_to_step_ratio": ratio,
+        "bottleneck": "input pipeline" if ratio < 1.0 else "training step",
+        "batch_size": config.train.batch_size,
+        "patch_size": list(patch),
+        "spatial_dims": config.model.spatial_dims,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "pipeline_phantom": {"n_train_cases": n_pipeline_cases, "size": list(size),
+                             "spacing_mm": [round(s, 4) for s in spacing],
+                             "augmentation": bool(config.augment.enabled)},
+        "phase_peak_rss_mib": step_phase.peak_rss_mib,
+    }
+
+
+# --------------------------------------------------------------------------- infer
+
+
+def _ellipse(shape_ij: tuple[int, int], centre_mm, radii_mm, spacing_ij) -> np.ndarray:
+    """bool (I, J): inside the axis-aligned ellipse (mm)."""
+    ii = (np.arange(shape_ij[0]) * spacing_ij[0] - centre_mm[0]) / radii_mm[0]
+    jj = (np.arange(shape_ij[1]) * spacing_ij[1] - centre_mm[1]) / radii_mm[1]
+    return ii[:, None] ** 2 + jj[None, :] ** 2 <= 1.0
+
+
+def _ball_slices(centre_vox: np.ndarray, radius_mm: float, spacing_mm, shape) -> tuple[slice, ...]:
+    reach = [math.ceil(radius_mm / s) + 1 for s in spacing_mm]
+    return tuple(slice(max(0, int(c) - r), min(n, int(c) + r + 1))
+                 for c, r, n in zip(centre_vox, reach, shape))
+
+
+def _paint_ball(array: np.ndarray, centre_vox, radius_mm: float, spacing_mm, value) -> None:
+    """Sets ``array`` to ``value`` inside a ball (mm), touching only its bounding box."""
+    box = _ball_slices(np.asarray(centre_vox), radius_mm, spacing_mm, array.shape)
+    grids = np.ogrid[box]
+    dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre_vox, spacing_mm))
+    array[box][dist2 <= radius_mm**2] = value
+
+
+def synthetic_chest_hu(shape: Sequence[int], *, spacing_mm: Sequence[float], seed: int = 0) -> np.ndarray:
+    """A cheap synthetic chest CT (for shapes the phantom generator does not take or is slow at).
+
+    Air outside an elliptic body (40 HU), two elliptic lungs (-850 HU) with six solid nodules
+    (30 HU, 4-20 mm), Gaussian noise (sd 20 HU). Built from 2D masks broadcast along the slices,
+    so it costs little more than the output array.
+
+    Args:
+        shape: (I, J, K) voxels (canonical RAS order, K the slice axis).
+        spacing_mm: (I, J, K) voxel size in mm.
+        seed: Noise and nodule placement.
+
+    Returns:
+        float32 (I, J, K) Hounsfield units.
+    """
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing_mm)
+    rng = np.random.default_rng(seed)
+    extent = [n * s for n, s in zip(shape, spacing)]
+    body = _ellipse(shape[:2], (extent[0] / 2, extent[1] / 2), (0.45 * extent[0], 0.38 * extent[1]),
+                    spacing[:2])
+    lungs = np.zeros(shape[:2], dtype=bool)
+    for side in (0.3, 0.7):
+        lungs |= _ellipse(shape[:2], (side * extent[0], 0.5 * extent[1]),
+                          (0.14 * extent[0], 0.28 * extent[1]), spacing[:2])
+    plane = np.where(lungs, -850.0, np.where(body, 40.0, -1000.0)).astype(np.float32)
+    volume = rng.standard_normal(shape, dtype=np.float32)
+    volume *= 20.0
+    volume += plane[:, :, None]
+    lung_ij = np.argwhere(lungs)
+    for diameter_mm in (4.0, 6.0, 8.0, 10.0, 14.0, 20.0):
+        if lung_ij.size == 0:
+            break
+        i, j = lung_ij[rng.integers(len(lung_ij))]
+        k = rng.uniform(0.2, 0.8) * shape[2]
+        _paint_ball(volume, (i, j, k), diameter_mm / 2, spacing, np.float32(30.0))
+    return volume
+
+
+def _scan_source(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                 scan: str) -> str:
+    from segmentation.phantom import MIN_FOV_INPLANE_MM, MIN_FOV_SLICE_MM, MAX_FOV_INPLANE_MM
+
+    fov = [n * s for n, s in zip(shape, spacing)]
+    phantom_ok = (all(MIN_FOV_INPLANE_MM <= f <= MAX_FOV_INPLANE_MM for f in fov[:2])
+                  and fov[2] >= MIN_FOV_SLICE_MM and min(shape) >= 16
+                  and math.prod(shape) <= _PHANTOM_MAX_VOXELS)
+    if scan == "phantom" and not phantom_ok:
+        raise ValueError(
+            "Expected a phantom-compatible scan (fields of view 100-700 mm in-plane, >= 30 mm along "
+            f"the slices, at most {_PHANTOM_MAX_VOXELS} voxels). Received: shape={list(shape)}, "
+            f"spacing_mm={list(spacing)} (fov_mm={[round(f, 1) for f in fov]})"
+        )
+    if scan == "auto":
+        return "phantom" if phantom_ok else "synthetic"
+    return scan
+
+
+def _count_windows(image_net: np.ndarray, config) -> tuple[int, int]:
+    """(windows tiling the network-space image, windows not skipped as air) of the config."""
+    from pipelines.predictor import skip_air_window_fn
+    from segmentation.sliding_window import window_positions
+
+    window = tuple(config.train.patch_size)
+    if config.model.spatial_dims == 2:
+        window = (*window, 1)
+    padded = tuple(max(s, w) for s, w in zip(image_net.shape, window))
+    positions = window_positions(padded, window, config.inference.overlap)
+    if not config.inference.skip_empty_windows:
+        return len(positions), len(positions)
+    if padded != image_net.shape:
+        return len(positions), len(positions)  # the padded image: counted as evaluated
+    skip = skip_air_window_fn(image_net, config=config)
+    return len(positions), sum(not skip(p) for p in positions)
+
+
+def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
+                      spacing_mm: Sequence[float] = DEFAULT_SCAN_SPACING_MM,
+                      scan: Literal["auto", "phantom", "synthetic"] = "auto", seed: int = 0) -> dict:
+    """Seconds per scan of the full predict path, without and with mirror TTA.
+
+    Args:
+        config: A `segmentation.config.Config`; an untrained model of ``config.model`` is used.
+        shape: Scan shape (I, J, K) in voxels.
+        spacing_mm: Scan voxel size (I, J, K) in mm.
+        scan: ``"phantom"`` (`segmentation.phantom.generate_case`), ``"synthetic"``
+            (`synthetic_chest_hu`) or ``"auto"`` (phantom when it takes the geometry).
+        seed: Scan and model seed.
+
+    Returns:
+        JSON-safe dict: ``scan_source, scan_generation_s, shape, spacing_mm, network_shape,
+        preprocess_s, windows, windows_evaluated`` (not skipped as air), ``window, overlap,
+        inference_batch_size`` and ``no_tta`` / ``tta`` entries with ``seconds_per_scan,
+        windows_per_s`` (evaluated windows / scan seconds), ``forward_passes`` (windows x
+        mirror flips), ``phase_peak_rss_mib``.
+
+    Raises:
+        ValueError: bad shape/spacing, or ``scan="phantom"`` for a geometry it does not take.
+    """
+    import keras
+
+    from pipelines.infer import predict_volume
+    from pipelines.train import build_model
+    from segmentation.io import volume_from_array
+    from segmentation.preprocessing import preprocess_volume
+
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing_mm)
+    if scan not in ("auto", "phantom", "synthetic"):
+        raise ValueError(f"Expected scan in ('auto', 'phantom', 'synthetic'). Received: scan={scan!r}")
+    source = _scan_source(shape, spacing, scan)
+    start = time.perf_counter()
+    if source == "phantom":
+        from segmentation.phantom import generate_case
+
+        case = generate_case(seed=seed, size=shape, spacing_mm=spacing)
+        array, affine = case.image_hu, case.affine
+        del case
+    else:
+        array = synthetic_chest_hu(shape, spacing_mm=spacing, seed=seed)
+        affine = np.diag([*spacing, 1.0])
+    generation_s = time.perf_counter() - start
+    volume = volume_from_array(array, affine, kind="image")
+    del array
+
+    with _Phase() as pre_phase:
+        pre = preprocess_volume(volume, spec=config.preprocess)
+    image_net = np.asarray(pre.image)
+    n_windows, n_evaluated = _count_windows(image_net, config)
+    network_shape = list(image_net.shape)
+    del pre, image_net
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(config)
+    rank = 3 if config.model.spatial_dims == 3 else 2
+    result: dict[str, Any] = {
+        "scan_source": source,
+        "scan_generation_s": generation_s,
+        "shape": list(shape),
+        "spacing_mm": list(spacing),
+        "network_shape": network_shape,
+        "preprocess_s": pre_phase.seconds,
+        "windows": n_windows,
+        "windows_evaluated": n_evaluated,
+        "window": list(config.train.patch_size),
+        "overlap": config.inference.overlap,
+        "inference_batch_size": config.inference.batch_size,
+    }
+    for key, tta in (("no_tta", False), ("tta", True)):
+        run_config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, tta=tta))
+        with _Phase() as phase:
+            probs, mask = predict_volume(model, run_config, volume)
+        if tuple(np.shape(probs)) != tuple(volume.source_shape) or np.shape(mask) != np.shape(probs):
+            raise ValueError(
+                f"Expected predict_volume to return arrays of the scan's shape {volume.source_shape}. "
+                f"Received: probs.shape={np.shape(probs)}, mask.shape={np.shape(mask)}"
+            )
+        del probs, mask
+        flips = 2**rank if tta else 1
+        result[key] = {
+            "seconds_per_scan": phase.seconds,
+            "windows_per_s": n_evaluated / phase.seconds,
+            "forward_passes": n_evaluated * flips,
+            "phase_peak_rss_mib": phase.peak_rss_mib,
+        }
+    return result
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def synthetic_lesion_pair(shape: Sequence[int], *, spacing_mm: Sequence[float], seed: int = 0
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A truth/prediction pair with lesions, and a probability map, for timing metrics.
+
+    Seven truth lesions (3, 5, 8, 12, 16, 20, 25 mm) at random places; the prediction has
+    each shifted by about 1 voxel and scaled by 0.8-1.2, except the 3 mm one (missed), plus two
+    6 mm false positives. Probabilities: 0.9 in predicted voxels, 0.6 in missed truth voxels,
+    0.02 elsewhere. Lesions are painted in their bounding boxes only.
+
+    Args:
+        shape: (I, J, K) voxels.
+        spacing_mm: (I, J, K) voxel size in mm.
+        seed: Placement seed.
+
+    Returns:
+        ``(truth bool (I, J, K), pred bool (I, J, K), probs float32 (I, J, K))``.
+    """
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing_mm)
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(shape, dtype=bool)
+    pred = np.zeros(shape, dtype=bool)
+    dims = np.asarray(shape, dtype=float)
+    for diameter_mm in (3.0, 5.0, 8.0, 12.0, 16.0, 20.0, 25.0):
+        centre = rng.uniform(0.15, 0.85, size=3) * dims
+        _paint_ball(truth, centre, diameter_mm / 2, spacing, True)
+        if diameter_mm > 3.0:
+            shifted = centre + rng.normal(0.0, 1.0, size=3)
+            _paint_ball(pred, shifted, diameter_mm / 2 * rng.uniform(0.8, 1.2), spacing, True)
+    for _ in range(2):
+        _paint_ball(pred, rng.uniform(0.1, 0.9, size=3) * dims, 3.0, spacing, True)
+    probs = np.full(shape, 0.02, dtype=np.float32)
+    probs[truth] = 0.6
+    probs[pred] = 0.9
+    return truth, pred, probs
+
+
+def bench_evaluate_speed(*, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
+                         spacing_mm: Sequence[float] = DEFAULT_SCAN_SPACING_MM, seed: int = 0) -> dict:
+    """Seconds and peak memory of `segmentation.metrics.evaluate_case` on one large pair.
+
+    Returns:
+        JSON-safe dict: ``seconds, target_s, meets_target, shape, spacing_mm, n_lesions,
+        n_detected, n_false_positives, dice, cpm_ready`` (probabilities given) and
+        ``phase_peak_rss_mib`` (of evaluate_case alone).
+    """
+    from segmentation.metrics import evaluate_case
+
+    shape = _check_shape(shape)
+    spacing = _check_spacing(spacing_mm)
+    truth, pred, probs = synthetic_lesion_pair(shape, spacing_mm=spacing, seed=seed)
+    with _Phase() as phase:
+        result = evaluate_case(truth, pred, spacing_mm=spacing, probs=probs, case_id="bench")
+    return {
+        "seconds": phase.seconds,
+        "target_s": EVALUATE_TARGET_S,
+        "meets_target": phase.seconds < EVALUATE_TARGET_S,
+        "shape": list(shape),
+        "spacing_mm": list(spacing),
+        "n_lesions": result.n_lesions,
+        "n_detected": result.n_detected,
+        "n_false_positives": result.n_false_positives,
+        "dice": result.voxel["dice"],
+        "cpm_ready": result.has_probabilities,
+        "phase_peak_rss_mib": phase.peak_rss_mib,
+    }
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    from segmentation.io import atomic_write
+
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def run_bench(what: Literal["train", "infer", "evaluate"], *,
+              config_path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+              steps: int | None = None, shape: Sequence[int] | None = None,
+              out: str | os.PathLike | None = None,
+              spacing_mm: Sequence[float] = DEFAULT_SCAN_SPACING_MM,
+              scan: Literal["auto", "phantom", "synthetic"] = "auto", seed: int = 0) -> dict:
+    """Runs one benchmark and returns its figures (what ``lungseg bench`` prints).
+
+    Args:
+        what: ``"train"``, ``"infer"`` or ``"evaluate"`` (see the module docstring).
+        config_path: YAML config; None is ``configs/cpu.yaml`` of this repository.
+        overrides: ``key=value`` config overrides (``--set``).
+        steps: Timed training steps (train; default 10).
+        shape: Scan shape (infer, evaluate; default 512 x 512 x 300).
+        out: Also write the result here as JSON (atomically).
+        spacing_mm: Scan voxel size (infer, evaluate; default 0.7 x 0.7 x 1.25 mm).
+        scan: Scan source of the infer bench (``auto``, ``phantom``, ``synthetic``).
+        seed: Seed of the synthetic data and the model.
+
+    Returns:
+        JSON-safe dict: ``what, config, overrides, machine, peak_rss_mib, bench_seconds`` (the
+        whole bench) and the figures of `bench_train_speed`, `bench_infer_speed` or
+        `bench_evaluate_speed`.
+
+    Raises:
+        ValueError: unknown ``what``, bad ``steps``/``shape``/``spacing_mm``, bad config.
+        TypeError: non-integer ``steps`` or ``shape``.
+    """
+    from segmentation.config import load_config
+
+    if what not in _WHATS:
+        raise ValueError(f"Expected what in {_WHATS}. Received: what={what!r}")
+    if steps is not None:
+        steps = _check_positive_int(steps, name="steps")
+    shape = DEFAULT_SCAN_SHAPE if shape is None else _check_shape(shape)
+    spacing = _check_spacing(spacing_mm)
+    overrides = [str(o) for o in overrides]
+    path = DEFAULT_CONFIG if config_path is None else Path(config_path)
+    config = load_config(path, overrides=overrides)
+    start = time.perf_counter()
+    if what == "train":
+        figures = bench_train_speed(config, steps=steps or DEFAULT_TRAIN_STEPS, seed=seed)
+    elif what == "infer":
+        figures = bench_infer_speed(config, shape=shape, spacing_mm=spacing, scan=scan, seed=seed)
+    else:
+        figures = bench_evaluate_speed(shape=shape, spacing_mm=spacing, seed=seed)
+    result = {
+        "what": what,
+        "config": str(path),
+        "overrides": overrides,
+        **figures,
+        "bench_seconds": time.perf_counter() - start,
+        "peak_rss_mib": peak_rss_mib(),
+        "machine": machine_info(),
+    }
+    result = _json_safe(result)
+    if out is not None:
+        result["out"] = str(_write_json(Path(out), result))
+    return result
