@@ -1,0 +1,266 @@
+"""The model wrapper of sliding-window inference, shared by training-time validation and
+``lungseg predict``.
+
+There is one sliding-window implementation (`segmentation.sliding_window`); this module
+only turns a Keras model into the ``predict_fn`` it expects and decides the window, the
+channels and which windows to skip:
+
+* 3D models (``model.spatial_dims: 3``): 3D windows of ``train.patch_size`` over the
+  network-space volume ``(I, J, K)``.
+* 2D and 2.5D models (``model.spatial_dims: 2``): axial slices, i.e. windows of
+  ``(*train.patch_size, 1)`` over the volume, slice-wise along the last canonical axis K.
+  With ``model.context_slices = c`` the ``2c + 1`` neighbouring slices (edge slices
+  replicated, exactly as the training sampler does) are the channels. The stitched
+  channel stack costs ``(2c + 1)`` times the volume in memory.
+
+The forward pass is compiled once per (model, batch shape): windows are always sent in
+batches of exactly ``inference.batch_size`` (the last batch is padded with zeros and the
+padding dropped), so nothing is retraced between scans of different sizes.
+
+Probabilities are returned in network space; callers bring them back to the scan's grid
+with ``Geometry.inverse(probs, order=1)`` *before* thresholding with
+`probabilities_to_mask`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.ndimage as ndi
+import tensorflow as tf
+
+from segmentation.config import Config
+from segmentation.sliding_window import sliding_window_inference
+
+__all__ = [
+    "AIR_HU",
+    "make_predict_fn",
+    "context_stack",
+    "air_level",
+    "skip_air_window_fn",
+    "predict_probabilities",
+    "probabilities_to_mask",
+]
+
+logger = logging.getLogger(__name__)
+
+AIR_HU = -1000.0
+"""Hounsfield units of air."""
+
+_AIR_MARGIN_HU = 50.0  # a window whose maximum is within 50 HU of air holds no tissue
+
+
+def make_predict_fn(model: Any, *, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Wraps a Keras model as a fixed-batch, compiled, sigmoid-probability function.
+
+    Args:
+        model: A Keras model returning logits ``(N, *spatial, 1)`` (a list with deep
+            supervision: the first, full-resolution output is used).
+        batch_size: Every call to the model gets exactly this many windows.
+
+    Returns:
+        ``predict_fn(batch)``: float32 ``(B, *spatial, C)`` with ``B <= batch_size`` ->
+        float32 probabilities ``(B, *spatial, 1)``.
+
+    Raises:
+        ValueError: ``batch_size`` is not positive.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch: tf.Tensor) -> tf.Tensor:
+        logits = model(batch, training=False)
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        return tf.sigmoid(tf.cast(logits, tf.float32))
+
+    def predict_fn(batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        if n > batch_size:
+            raise ValueError(
+                f"Expected at most {batch_size} windows per call. Received: batch.shape={batch.shape}"
+            )
+        if n < batch_size:
+            pad = np.zeros((batch_size - n, *batch.shape[1:]), dtype=np.float32)
+            batch = np.concatenate([batch, pad], axis=0)
+        probs = forward(tf.constant(batch)).numpy()
+        return probs[:n]
+
+    predict_fn.tracing_count = forward.experimental_get_tracing_count  # type: ignore[attr-defined]
+    return predict_fn
+
+
+def context_stack(image: np.ndarray, *, context_slices: int) -> np.ndarray:
+    """Stacks neighbouring axial slices as channels (2.5D), edge slices replicated.
+
+    Args:
+        image: float32 ``(I, J, K)``.
+        context_slices: ``c`` slices on each side.
+
+    Returns:
+        float32 ``(I, J, K, 2c + 1)``; channel ``c`` is the slice itself, channel
+        ``c + d`` is slice ``clip(k + d, 0, K - 1)``.
+
+    Raises:
+        ValueError: ``image`` is not 3D or ``context_slices`` is negative.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"Expected image of shape (I, J, K). Received: image.shape={image.shape}")
+    if context_slices < 0:
+        raise ValueError(f"Expected context_slices >= 0. Received: context_slices={context_slices}")
+    n_k = image.shape[2]
+    offsets = range(-context_slices, context_slices + 1)
+    index = [np.clip(np.arange(n_k) + d, 0, n_k - 1) for d in offsets]
+    return np.stack([image[:, :, idx] for idx in index], axis=-1)
+
+
+def air_level(config: Config) -> float:
+    """The preprocessed intensity of air (-1000 HU) under the config's normalisation."""
+    return _normalise_hu(AIR_HU, config)
+
+
+def _normalise_hu(value_hu: float, config: Config) -> float:
+    spec = config.preprocess
+    if spec.normalisation == "hu_window":
+        low, high = spec.hu_window
+        return float(np.clip((value_hu - low) / (high - low), 0.0, 1.0))
+    stats = spec.ct_stats
+    if stats is None:
+        raise ValueError(
+            "Expected preprocess.ct_stats for ct_zscore normalisation (computed by training and "
+            "stored in the run's config.yaml). Received: preprocess.ct_stats=None"
+        )
+    clipped = min(max(value_hu, stats.lower_hu), stats.upper_hu)
+    return float((clipped - stats.mean_hu) / stats.std_hu)
+
+
+def skip_air_window_fn(image: np.ndarray, *, config: Config) -> Callable[[tuple[slice, ...]], bool]:
+    """Returns ``skip_window(slices)``: True for a window whose maximum is at air level.
+
+    The threshold is the preprocessed value of ``-1000 + 50`` HU: a window with nothing
+    denser than that (air outside the body) cannot hold a nodule.
+
+    Args:
+        image: The preprocessed network-space image ``(I, J, K)`` (or with channels).
+        config: The run config (its ``preprocess`` section gives the normalisation).
+    """
+    threshold = _normalise_hu(AIR_HU + _AIR_MARGIN_HU, config)
+    floor = air_level(config)
+    # When the normalisation clips above -950 HU, air and the floor coincide: skip only
+    # windows entirely at the floor.
+    threshold = max(threshold, floor)
+
+    def skip_window(slices: tuple[slice, ...]) -> bool:
+        return bool(np.max(image[tuple(slices)]) <= threshold)
+
+    return skip_window
+
+
+def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
+                          tta: bool | None = None, predict_fn=None) -> np.ndarray:
+    """Sliding-window foreground probabilities of a preprocessed (network-space) volume.
+
+    Args:
+        model: Keras model (logits out), 3D or 2D as ``config.model.spatial_dims``.
+        image_net: float32 ``(I, J, K)`` preprocessed volume in canonical order.
+        config: Run config: window = ``train.patch_size``; ``inference.overlap``,
+            ``batch_size``, ``sigma_scale``, ``tta``, ``skip_empty_windows``.
+        tta: Overrides ``inference.tta`` (mirror axes: all three in 3D, the in-plane two
+            in 2D).
+        predict_fn: A ready `make_predict_fn` result to reuse across scans (optional).
+
+    Returns:
+        float32 ``(I, J, K)`` probabilities in [0, 1], network space.
+
+    Raises:
+        ValueError: ``image_net`` is not 3D or not finite.
+    """
+    image = np.asarray(image_net, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(
+            f"Expected image_net of shape (I, J, K). Received: image_net.shape={image.shape}"
+        )
+    if not np.isfinite(image).all():
+        raise ValueError(
+            f"Expected finite values in image_net. Received: {int((~np.isfinite(image)).sum())} "
+            "non-finite voxels"
+        )
+    inference = config.inference
+    use_tta = inference.tta if tta is None else tta
+    if predict_fn is None:
+        predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
+    skip = skip_air_window_fn(image, config=config) if inference.skip_empty_windows else None
+    if config.model.spatial_dims == 3:
+        return sliding_window_inference(
+            image[..., None],
+            predict_fn,
+            window=tuple(config.train.patch_size),
+            overlap=inference.overlap,
+            batch_size=inference.batch_size,
+            sigma_scale=inference.sigma_scale,
+            skip_window=skip,
+            mirror_axes=(0, 1, 2) if use_tta else None,
+        ).astype(np.float32)
+
+    stack = context_stack(image, context_slices=config.model.context_slices)
+
+    def predict_slices(batch: np.ndarray) -> np.ndarray:
+        # (B, H, W, 1, C) windows one slice thick -> the 2D model's (B, H, W, C).
+        probs = predict_fn(batch[:, :, :, 0, :])
+        return probs[:, :, :, None, :]
+
+    return sliding_window_inference(
+        stack,
+        predict_slices,
+        window=(*config.train.patch_size, 1),
+        overlap=inference.overlap,
+        batch_size=inference.batch_size,
+        sigma_scale=inference.sigma_scale,
+        skip_window=skip,
+        mirror_axes=(0, 1) if use_tta else None,
+    ).astype(np.float32)
+
+
+def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
+                          spacing_mm: tuple[float, float, float] | None = None,
+                          min_size_mm3: float = 0.0, connectivity: int = 26) -> np.ndarray:
+    """Thresholds probabilities (``>= threshold``) and drops components below a volume.
+
+    Args:
+        probs: float ``(I, J, K)`` probabilities in the scan's own grid (after
+            ``Geometry.inverse``).
+        threshold: Voxels with ``probs >= threshold`` are foreground.
+        spacing_mm: Voxel spacing in the order of ``probs``' axes (needed when
+            ``min_size_mm3 > 0``).
+        min_size_mm3: Connected components smaller than this volume are removed.
+        connectivity: 6, 18 or 26.
+
+    Returns:
+        bool ``(I, J, K)``.
+
+    Raises:
+        ValueError: bad threshold, connectivity, or missing spacing.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"Expected threshold in (0, 1). Received: threshold={threshold}")
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"Expected connectivity in (6, 18, 26). Received: connectivity={connectivity}")
+    mask = np.asarray(probs) >= threshold
+    if min_size_mm3 <= 0 or not mask.any():
+        return mask
+    if spacing_mm is None:
+        raise ValueError("Expected spacing_mm when min_size_mm3 > 0. Received: spacing_mm=None")
+    structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    labels, n = ndi.label(mask, structure=structure)
+    voxel_mm3 = float(math.prod(spacing_mm))
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = counts * voxel_mm3 >= min_size_mm3
+    keep[0] = False
+    return keep[labels]

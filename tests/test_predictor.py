@@ -1,0 +1,216 @@
+"""Tests of pipelines/predictor.py: the model wrapper of sliding-window inference.
+
+Analytic models make the expected output known: a 1x1 convolution with kernel 1 and bias 0
+returns its input as logits, so the stitched probabilities must equal ``sigmoid(image)``
+everywhere (the MONAI-style ``x + 1`` test, through the Keras wrapper).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from pipelines.predictor import (
+    air_level,
+    context_stack,
+    make_predict_fn,
+    predict_probabilities,
+    probabilities_to_mask,
+    skip_air_window_fn,
+)
+from segmentation.config import load_config
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _identity_model(spatial_dims: int, *, channels: int = 1, pick: int = 0) -> keras.Model:
+    """Logits = channel ``pick`` of the input (1x1 conv, kernel one-hot, bias 0)."""
+    inputs = keras.Input((*([None] * spatial_dims), channels))
+    conv = (keras.layers.Conv3D if spatial_dims == 3 else keras.layers.Conv2D)(1, 1)
+    outputs = conv(inputs)
+    kernel = np.zeros(conv.kernel.shape, dtype=np.float32)
+    kernel[..., pick, 0] = 1.0
+    conv.set_weights([kernel, np.zeros(1, np.float32)])
+    return keras.Model(inputs, outputs)
+
+
+def _config(spatial_dims: int = 3, **inference):
+    overrides = [f"inference.{k}={v}" for k, v in inference.items()]
+    if spatial_dims == 3:
+        overrides += ["model.filters=[4,8]", "train.patch_size=[8,8,8]"]
+    else:
+        overrides += ["model.spatial_dims=2", "model.filters=[4,8]", "train.patch_size=[8,8]",
+                      "model.context_slices=1"]
+    return load_config(None, overrides=overrides)
+
+
+# --------------------------------------------------------------------------- context stack
+
+
+def test_context_stack_known_values_with_replicated_edges():
+    image = np.zeros((1, 1, 3), np.float32)
+    image[0, 0] = [10, 20, 30]
+    stack = context_stack(image, context_slices=1)
+    assert stack.shape == (1, 1, 3, 3)
+    np.testing.assert_array_equal(stack[0, 0], [[10, 10, 20], [10, 20, 30], [20, 30, 30]])
+
+
+def test_context_stack_zero_context_is_the_image():
+    image = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(context_stack(image, context_slices=0)[..., 0], image)
+
+
+def test_context_stack_rejects_2d_input():
+    with pytest.raises(ValueError, match="image.shape"):
+        context_stack(np.zeros((3, 3)), context_slices=1)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def test_predict_fn_pads_partial_batches_and_traces_once():
+    model = _identity_model(3)
+    predict_fn = make_predict_fn(model, batch_size=3)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 2):
+        batch = rng.normal(size=(n, 4, 4, 4, 1)).astype(np.float32)
+        out = predict_fn(batch)
+        assert out.shape == (n, 4, 4, 4, 1) and out.dtype == np.float32
+        np.testing.assert_allclose(out, _sigmoid(batch), atol=1e-6)
+    assert predict_fn.tracing_count() == 1
+
+
+def test_predict_fn_rejects_oversized_batch():
+    predict_fn = make_predict_fn(_identity_model(3), batch_size=2)
+    with pytest.raises(ValueError, match="at most 2 windows"):
+        predict_fn(np.zeros((3, 4, 4, 4, 1), np.float32))
+
+
+def test_predict_fn_uses_first_output_of_deep_supervision_model():
+    inputs = keras.Input((None, None, None, 1))
+    conv = keras.layers.Conv3D(1, 1)
+    full = conv(inputs)
+    aux = keras.layers.Lambda(lambda t: t * 0.0 - 5.0)(full)
+    conv.set_weights([np.ones((1, 1, 1, 1, 1), np.float32), np.zeros(1, np.float32)])
+    model = keras.Model(inputs, [full, aux])
+    batch = np.full((1, 2, 2, 2, 1), 2.0, np.float32)
+    np.testing.assert_allclose(make_predict_fn(model, batch_size=1)(batch), _sigmoid(batch), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- whole volumes
+
+
+@pytest.mark.parametrize("shape", [(13, 9, 11), (5, 6, 7)])  # larger and smaller than the window
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_probabilities_3d_equals_sigmoid_everywhere(shape, tta):
+    config = _config(3, overlap=0.5, batch_size=3, skip_empty_windows=False, tta=tta)
+    image = np.random.default_rng(1).uniform(-2, 2, size=shape).astype(np.float32)
+    probs = predict_probabilities(_identity_model(3), image, config=config)
+    assert probs.shape == shape and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, _sigmoid(image), atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_probabilities_2p5d_is_slice_wise_on_the_centre_channel(tta):
+    config = _config(2, overlap=0.25, batch_size=4, skip_empty_windows=False, tta=tta)
+    image = np.random.default_rng(2).uniform(-2, 2, size=(11, 9, 5)).astype(np.float32)
+    # channel 0 of a 3-channel stack is slice k - 1: the output must be the previous slice
+    model = _identity_model(2, channels=3, pick=0)
+    probs = predict_probabilities(model, image, config=config)
+    expected = _sigmoid(image[:, :, [0, 0, 1, 2, 3]])
+    assert probs.shape == image.shape
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_predict_probabilities_skips_air_windows():
+    config = _config(3, overlap=0.0, batch_size=2, skip_empty_windows=True)
+    image = np.zeros((16, 8, 8), np.float32)  # HU-windowed: 0.0 is air
+    image[:8] = 0.7  # tissue fills the first window only
+    probs = predict_probabilities(_identity_model(3), image, config=config)
+    np.testing.assert_allclose(probs[:8], _sigmoid(np.float32(0.7)), atol=1e-5)
+    np.testing.assert_array_equal(probs[8:], 0.0)  # skipped: no prediction, not sigmoid(0)=0.5
+
+
+def test_predict_probabilities_rejects_non_finite_image():
+    image = np.zeros((8, 8, 8), np.float32)
+    image[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        predict_probabilities(_identity_model(3), image, config=_config(3))
+
+
+def test_predict_probabilities_rejects_channel_axis():
+    with pytest.raises(ValueError, match="image_net.shape"):
+        predict_probabilities(_identity_model(3), np.zeros((8, 8, 8, 1)), config=_config(3))
+
+
+# --------------------------------------------------------------------------- air level
+
+
+def test_air_level_of_hu_window_is_zero_and_skip_threshold_is_50_hu():
+    config = _config(3)  # window (-1000, 400)
+    assert air_level(config) == 0.0
+    image = np.zeros((4, 4, 4), np.float32)
+    image[0, 0, 0] = 49.0 / 1400.0  # -951 HU: still air
+    skip = skip_air_window_fn(image, config=config)
+    assert skip((slice(0, 4),) * 3)
+    image[0, 0, 0] = 51.0 / 1400.0  # -949 HU
+    assert not skip((slice(0, 4),) * 3)
+
+
+def test_air_level_of_ct_zscore_uses_the_stats():
+    from segmentation.preprocessing import CTStats
+
+    config = _config(3)
+    stats = CTStats(lower_hu=-1100.0, upper_hu=300.0, mean_hu=-500.0, std_hu=250.0)
+    import dataclasses
+
+    config = dataclasses.replace(
+        config, preprocess=dataclasses.replace(config.preprocess, normalisation="ct_zscore", ct_stats=stats))
+    assert air_level(config) == pytest.approx((-1000.0 + 500.0) / 250.0)
+
+
+def test_air_level_of_ct_zscore_without_stats_is_an_error():
+    from types import SimpleNamespace
+
+    # PreprocessSpec itself refuses ct_zscore without stats; a duck-typed config reaches ours
+    config = SimpleNamespace(preprocess=SimpleNamespace(normalisation="ct_zscore", ct_stats=None))
+    with pytest.raises(ValueError, match="preprocess.ct_stats"):
+        air_level(config)
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def test_probabilities_to_mask_threshold_is_inclusive():
+    probs = np.array([0.49, 0.5, 0.51], np.float32).reshape(1, 1, 3)
+    np.testing.assert_array_equal(probabilities_to_mask(probs, threshold=0.5)[0, 0], [False, True, True])
+
+
+def test_probabilities_to_mask_removes_small_components():
+    probs = np.zeros((10, 10, 10), np.float32)
+    probs[0, 0, 0] = 0.9  # 1 voxel = 2 mm3
+    probs[5:7, 5:7, 5:7] = 0.9  # 8 voxels = 16 mm3
+    mask = probabilities_to_mask(probs, spacing_mm=(2.0, 1.0, 1.0), min_size_mm3=10.0)
+    assert mask.sum() == 8 and not mask[0, 0, 0]
+
+
+def test_probabilities_to_mask_empty_prediction_stays_empty():
+    mask = probabilities_to_mask(np.zeros((3, 3, 3)), spacing_mm=(1, 1, 1), min_size_mm3=5.0)
+    assert mask.dtype == bool and not mask.any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"threshold": 1.0}, "threshold"), ({"connectivity": 4}, "connectivity"),
+     ({"min_size_mm3": 1.0}, "spacing_mm")],
+)
+def test_probabilities_to_mask_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        probabilities_to_mask(np.ones((2, 2, 2)), **kwargs)

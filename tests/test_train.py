@@ -1,0 +1,447 @@
+"""Tests of pipelines/train.py: the run folder, exact resume, MirroredStrategy, bad input.
+
+Tiny everything: U-Net filters (4, 8), 16^3 patches, a few steps per epoch, and hand-built
+MSD datasets of 24-32 voxel scans (the phantom for the end-to-end test).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipelines import train as train_mod
+from pipelines.train import (
+    CheckpointError,
+    TrainingError,
+    WarmupDecaySchedule,
+    _outline_image,
+    metric_sort_key,
+    train,
+)
+from segmentation.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "model.filters=[4,8]",
+    "model.norm=instance",
+    "train.patch_size=[16,16,16]",
+    "train.batch_size=2",
+    "train.steps_per_epoch=2",
+    "train.epochs=2",
+    "train.val_every=1",
+    "train.foreground_fraction=0.5",
+    "train.num_parallel_calls=2",
+    "inference.batch_size=2",
+    "inference.overlap=0.0",
+    "data.val_fraction=0.3",
+]
+
+
+def _config(*extra: str):
+    return load_config(None, overrides=[*TINY, *extra])
+
+
+# --------------------------------------------------------------------------- tiny datasets
+
+
+def _write_case(root: Path, name: str, *, shape=(24, 24, 20), nodules=((12, 12, 10, 3),), seed=0):
+    """A body ellipsoid (40 HU) in air (-1000 HU) with spherical nodules (label 1)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(np.float32)
+    centre = (np.array(shape) - 1) / 2
+    radii = np.array(shape) * 0.45
+    body = (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1
+    image = np.where(body, -850.0, -1000.0) + rng.normal(0, 10, shape)
+    label = np.zeros(shape, np.uint8)
+    for i, j, k, r in nodules:
+        ball = ((grid[0] - i) ** 2 + (grid[1] - j) ** 2 + (grid[2] - k) ** 2) <= r * r
+        label[ball] = 1
+        image[ball] = 40.0
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(image.astype(np.int16), affine), root / "imagesTr" / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"{name}.nii.gz")
+
+
+def _write_dataset(root: Path, n_cases: int = 4, *, empty_labels: bool = False) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir(parents=True)
+    training = []
+    for index in range(n_cases):
+        name = f"case_{index:03d}"
+        nodules = () if empty_labels else ((8 + index, 12, 10, 2.5), (17, 15, 12, 1.2))
+        _write_case(root, name, nodules=nodules, seed=index)
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": "tiny", "training": training, "test": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return _write_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --------------------------------------------------------------------------- schedule and keys
+
+
+def test_cosine_schedule_known_values():
+    schedule = WarmupDecaySchedule(1.0, 10, kind="cosine")
+    values = [float(schedule(s)) for s in (0, 5, 10, 20)]
+    np.testing.assert_allclose(values, [1.0, 0.5, 0.0, 0.0], atol=1e-6)
+
+
+def test_poly_schedule_with_warmup_known_values():
+    schedule = WarmupDecaySchedule(2.0, 12, warmup_steps=2, kind="poly", power=2.0)
+    # warm-up: 2 * (s + 1) / 2; then 2 * (1 - (s - 2) / 10) ** 2
+    values = [float(schedule(s)) for s in (0, 1, 2, 7, 12)]
+    np.testing.assert_allclose(values, [1.0, 2.0, 2.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_schedule_round_trips_through_config():
+    schedule = WarmupDecaySchedule(0.1, 7, warmup_steps=3, kind="constant")
+    again = WarmupDecaySchedule.from_config(schedule.get_config())
+    assert [float(again(s)) for s in (0, 5)] == pytest.approx([0.1 / 3, 0.1])
+
+
+def test_schedule_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind='step'"):
+        WarmupDecaySchedule(0.1, 7, kind="step")
+
+
+def test_metric_sort_key_lexicographic_with_nan_worst_and_lower_better():
+    a = {"lesion_recall": 1.0, "dice_mean": 0.5, "fp_per_scan": 2.0}
+    b = {"lesion_recall": 1.0, "dice_mean": 0.7, "fp_per_scan": 1.0}
+    c = {"lesion_recall": None, "dice_mean": 0.9, "fp_per_scan": 0.0}
+    names = ("lesion_recall", "dice_mean")
+    assert metric_sort_key(b, names) > metric_sort_key(a, names) > metric_sort_key(c, names)
+    assert metric_sort_key(b, ("fp_per_scan",)) > metric_sort_key(a, ("fp_per_scan",))
+    assert metric_sort_key({"dice_mean": float("nan")}, ("dice_mean",)) == (-math.inf,)
+
+
+def test_metric_sort_key_unknown_metric_is_an_error():
+    with pytest.raises(ValueError, match="train.best_metric"):
+        metric_sort_key({"dice_mean": 0.5}, ("dice",))
+
+
+def test_outline_image_is_radiological_with_green_truth_and_red_prediction():
+    image = np.zeros((4, 3), np.float32)
+    image[0, 0] = 1.0
+    truth = np.zeros((4, 3), bool)
+    truth[0, 0] = True  # patient's right-most, posterior-most voxel
+    pred = np.zeros((4, 3), bool)
+    pred[3, 2] = True  # left-most, anterior-most
+    rgb = _outline_image(image, truth, pred)
+    assert rgb.shape == (3, 4, 3)  # rows = J (anterior at top), columns = I (right on the left)
+    np.testing.assert_array_equal(rgb[2, 3], [0, 1, 0])  # bottom-right: truth, green
+    np.testing.assert_array_equal(rgb[0, 0], [1, 0, 0])  # top-left: prediction, red
+    np.testing.assert_array_equal(rgb[1, 1], [0, 0, 0])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_two_epoch_end_to_end_on_phantom(tmp_path):
+    from segmentation.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", n_cases=4, seed=3, size=(48, 48, 32),
+                                 spacing_mm=(2.5, 2.5, 3.0))
+    config = _config("preprocess.target_spacing_mm=[3.5,3.5,3.5]", "model.norm=batch",
+                     "data.val_fraction=0.25")
+    run = tmp_path / "run"
+    summary = train(config, data_dir=data, out_dir=run, progress=False)
+
+    for name in ("config.yaml", "model.keras", "history.csv", "summary.json", "manifest.json",
+                 "checkpoints/last.keras", "checkpoints/best.keras", "checkpoints/state.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    assert list((run / "logs" / "images").glob("events.out.tfevents.*"))
+    assert not list(run.rglob("*.tmp*")) and not (run / "checkpoints" / "state.json.pending").exists()
+
+    rows = _history(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for column in ("loss", "loss_bce", "loss_dice", "lr", "wall_time_s", "val_dice_mean",
+                   "val_iou_mean", "val_lesion_recall", "val_small_lesion_recall",
+                   "val_lesion_precision", "val_fp_per_scan"):
+        assert column in rows[0], column
+    assert float(rows[1]["wall_time_s"]) > float(rows[0]["wall_time_s"]) > 0
+    assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine decay
+
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and summary["status"] == "completed"
+    assert summary["n_train_cases"] == 3 and summary["n_val_cases"] == 1
+    assert summary["best_epoch"] in (1, 2)
+    assert set(summary["best_metric"]) == {"lesion_recall", "dice_mean"}
+    assert summary["train_patches_per_s"] > 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and len(manifest["data_hash"]) == 64
+    assert manifest["libraries"]["tensorflow"] and manifest["libraries"]["keras"]
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["optimizer_step"] == 4
+
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    out = model(np.zeros((1, 16, 16, 16, 1), np.float32))
+    assert out.shape == (1, 16, 16, 16, 1)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class _KillAfter(keras.callbacks.Callback):
+    """Simulates a kill: raises after ``n_batches`` training batches of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch: int, n_batches: int) -> None:
+        super().__init__()
+        self.epoch, self.n_batches, self.current = epoch, n_batches, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch + 1 >= self.n_batches:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _weights(run: Path, name: str = "checkpoints/last.keras"):
+    model = keras.saving.load_model(run / name)
+    return model, [w.numpy() for w in model.weights]
+
+
+def test_resume_after_kill_mid_epoch_equals_uninterrupted_run(tiny_data, tmp_path):
+    config = _config("train.deterministic=true", "train.steps_per_epoch=3",
+                     "train.tensorboard_images=false")
+    full = tmp_path / "full"
+    train(config, data_dir=tiny_data, out_dir=full, progress=False)
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data_dir=tiny_data, out_dir=cut, progress=False,
+              callbacks=[_KillAfter(epoch=1, n_batches=2)])
+    assert [r["epoch"] for r in _history(cut)] == ["1"]  # epoch 2 was lost mid-way, epoch 1 kept
+    train(config, data_dir=tiny_data, out_dir=cut, resume=True, progress=False)
+
+    rows_full, rows_cut = _history(full), _history(cut)
+    assert [r["epoch"] for r in rows_cut] == ["1", "2"]
+    for a, b in zip(rows_full, rows_cut):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4)
+        assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
+    model_full, w_full = _weights(full)
+    model_cut, w_cut = _weights(cut)
+    assert int(model_cut.optimizer.iterations) == int(model_full.optimizer.iterations) == 6
+    for a, b in zip(w_full, w_cut):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    manifest = json.loads((cut / "manifest.json").read_text())
+    assert manifest["resumed"][0]["epoch"] == 1
+
+
+def test_resume_rolls_forward_a_commit_interrupted_between_renames(tiny_data, tmp_path):
+    config = _config("train.epochs=1", "train.tensorboard_images=false")
+    run = tmp_path / "run"
+    train(config, data_dir=tiny_data, out_dir=run, progress=False)
+    ckpt = run / "checkpoints"
+    state = json.loads((ckpt / "state.json").read_text())
+    # a crash after last.keras was renamed but before state.json.pending was
+    (ckpt / "state.json.pending").write_text(json.dumps(state))
+    (ckpt / "state.json").write_text(json.dumps({**state, "epoch": 0, "optimizer_step": 0}))
+    summary = train(config, data_dir=tiny_data, out_dir=run, resume=True, progress=False)
+    assert summary["epochs_completed"] == 1
+    assert not (ckpt / "state.json.pending").exists()
+
+
+def test_resume_with_another_config_is_an_error(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(_config("train.epochs=1", "train.tensorboard_images=false"), data_dir=tiny_data,
+          out_dir=run, progress=False)
+    with pytest.raises(ValueError, match="optim.learning_rate"):
+        train(_config("train.epochs=1", "optim.learning_rate=0.5"), data_dir=tiny_data,
+              out_dir=run, resume=True, progress=False)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_dataset_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(_config(), data_dir=tmp_path / "nowhere", out_dir=tmp_path / "run", progress=False)
+
+
+def test_empty_dataset_is_an_error(tmp_path):
+    root = tmp_path / "empty"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(json.dumps({"training": [], "test": []}))
+    with pytest.raises(ValueError, match="case"):
+        train(_config(), data_dir=root, out_dir=tmp_path / "run", progress=False)
+
+
+def test_dataset_without_any_label_voxel_is_an_error(tmp_path):
+    root = _write_dataset(tmp_path / "nolabels", 3, empty_labels=True)
+    with pytest.raises(ValueError, match="no foreground voxel"):
+        train(_config(), data_dir=root, out_dir=tmp_path / "run", progress=False)
+
+
+def test_used_run_dir_without_resume_is_an_error(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(), data_dir=tiny_data, out_dir=run, progress=False)
+
+
+def test_patch_larger_than_scan_is_padded(tiny_data, tmp_path):
+    # scans are 24 x 24 x 20 voxels; patches and windows of 32^3 are padded
+    config = _config("train.patch_size=[32,32,32]", "train.epochs=1", "train.steps_per_epoch=1",
+                     "train.tensorboard_images=false")
+    summary = train(config, data_dir=tiny_data, out_dir=tmp_path / "run", progress=False)
+    assert summary["epochs_completed"] == 1 and summary["val_metrics"]["n_cases"] >= 1
+
+
+def test_disk_full_during_checkpoint_keeps_the_last_good_one(tiny_data, tmp_path, monkeypatch):
+    config = _config("train.tensorboard_images=false")
+    run = tmp_path / "run"
+    original_save = keras.Model.save
+
+    class _FillDisk(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                def full(self_, *args, **kwargs):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                monkeypatch.setattr(keras.Model, "save", full)
+
+    with pytest.raises(CheckpointError, match="intact"):
+        train(config, data_dir=tiny_data, out_dir=run, progress=False, callbacks=[_FillDisk()])
+    monkeypatch.setattr(keras.Model, "save", original_save)
+    model, _ = _weights(run)
+    assert int(model.optimizer.iterations) == 2  # epoch 1, the last good checkpoint
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 1
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+    summary = train(config, data_dir=tiny_data, out_dir=run, resume=True, progress=False)
+    assert summary["epochs_completed"] == 2
+
+
+def test_nan_loss_names_epoch_and_step(tiny_data, tmp_path):
+    class _Poison(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                for w in self.model.trainable_weights:
+                    w.assign(np.full(w.shape, np.nan, np.float32))
+
+    config = _config("train.epochs=1", "train.steps_per_epoch=3")
+    with pytest.raises(TrainingError, match=r"epoch 1, batch 2 of 3 \(global step 2\)"):
+        train(config, data_dir=tiny_data, out_dir=tmp_path / "run", progress=False,
+              callbacks=[_Poison()])
+
+
+# --------------------------------------------------------------------------- MirroredStrategy
+
+_MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras, numpy as np
+    from segmentation.config import load_config
+    from pipelines.train import build_model, compile_model, make_strategy
+
+    overrides = json.loads(sys.argv[1])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 16, 16, 16, 1)).astype("float32")
+    y = (rng.uniform(size=(4, 16, 16, 16, 1)) > 0.9).astype("float32")
+
+    def run(distribute, devices):
+        config = load_config(None, overrides=overrides + [f"train.distribute={distribute}"])
+        keras.utils.set_random_seed(0)
+        strategy = make_strategy(config, devices=devices)
+        with strategy.scope():
+            model = build_model(config)
+            compile_model(model, config, total_steps=10)
+        initial = model.get_weights()
+        data = tf.data.Dataset.from_tensors((x, y)).repeat()
+        history = model.fit(data, epochs=1, steps_per_epoch=2, verbose=0)
+        update = max(float(np.max(np.abs(a - b))) for a, b in zip(initial, model.get_weights()))
+        return strategy.num_replicas_in_sync, history.history["loss"][0], model.get_weights(), update
+
+    n1, loss1, w1, update = run("none", None)
+    n2, loss2, w2, _ = run("mirrored", ["/cpu:0", "/cpu:1"])
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2))
+    print(json.dumps({"replicas": [n1, n2], "loss": [loss1, loss2], "max_weight_diff": diff,
+                      "max_update": update}))
+    """
+)
+
+
+def test_mirrored_strategy_on_two_logical_cpus_matches_single_device():
+    # plain SGD: unlike Adam, its update is proportional to the gradient, so a wrong loss
+    # scale (1/replicas) or a per-replica batch treated as global would show in the weights
+    overrides = [*TINY, "train.batch_size=4", "optim.clipnorm=null", "optim.optimizer=sgd",
+                 "optim.momentum=0.0", "optim.weight_decay=0.0", "optim.learning_rate=0.5"]
+    result = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT, json.dumps(overrides)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == [1, 2]
+    assert out["loss"][1] == pytest.approx(out["loss"][0], rel=1e-4)
+    assert out["max_update"] > 1e-2  # the two steps moved the weights
+    assert out["max_weight_diff"] < 1e-4
+
+
+def test_batch_not_divisible_by_replicas_is_an_error(tmp_path):
+    script = _MIRRORED_SCRIPT.split("overrides = json.loads")[0] + textwrap.dedent(
+        """
+        from pipelines.train import train
+        config = load_config(None, overrides=json.loads(sys.argv[1]))
+        try:
+            train(config, data_dir=sys.argv[2], out_dir=sys.argv[3], progress=False,
+                  devices=["/cpu:0", "/cpu:1"])
+        except ValueError as error:
+            print("ERROR", error)
+        """
+    )
+    data = _write_dataset(tmp_path / "d", 2)
+    overrides = [*TINY, "train.batch_size=3", "train.distribute=mirrored"]
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(overrides), str(data), str(tmp_path / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert "multiple of the 2 replicas" in result.stdout, result.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+
+def test_mixed_precision_uses_loss_scaling_and_restores_the_policy(tiny_data, tmp_path):
+    config = _config("train.mixed_precision=true", "train.epochs=1", "train.steps_per_epoch=1",
+                     "train.tensorboard_images=false")
+    before = keras.mixed_precision.global_policy().name
+    summary = train(config, data_dir=tiny_data, out_dir=tmp_path / "run", progress=False)
+    assert keras.mixed_precision.global_policy().name == before
+    assert summary["epochs_completed"] == 1
+    model = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
+    assert model(np.zeros((1, 16, 16, 16, 1), np.float32)).dtype == "float32"  # float32 logits
