@@ -18,17 +18,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from segmentation.sampling import _check_int  # one validation helper for both layers
+
 __all__ = ["augmentation_seed", "make_patch_dataset", "measure_pipeline_throughput"]
 
 _AUGMENT_STREAM = 0x41554731  # separates augmentation seeds from the sampler's streams
-
-
-def _check_int(value: Any, *, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an integer. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def augmentation_seed(seed: int, index: int) -> int:

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 AIR_HU = -1000.0
 """Hounsfield units of air."""
 
-_AIR_MARGIN_HU = 50.0  # a window whose maximum is within 50 HU of air holds no tissue
+_BODY_HU = -900.0  # denser than this is body (lung parenchyma is about -850 HU)
+_MIN_BODY_SHARE = 0.01  # a window with fewer body voxels lies outside the body
 
 
 def make_predict_fn(model: Any, *, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -142,23 +143,23 @@ def _normalise_hu(value_hu: float, config: Config) -> float:
 
 
 def skip_air_window_fn(image: np.ndarray, *, config: Config) -> Callable[[tuple[slice, ...]], bool]:
-    """Returns ``skip_window(slices)``: True for a window whose maximum is at air level.
+    """Returns ``skip_window(slices)``: True for a window that lies outside the body.
 
-    The threshold is the preprocessed value of ``-1000 + 50`` HU: a window with nothing
-    denser than that (air outside the body) cannot hold a nodule.
+    A window is outside the body when fewer than 1 % of its voxels are denser than -900 HU.
+    A share, not the maximum: CT noise in air (10 to 40 HU) puts single air voxels far above
+    -1000 HU in every large window, and lung parenchyma (about -850 HU) is inside the body.
+    When the normalisation clips above -900 HU, only windows entirely at the floor are skipped.
 
     Args:
         image: The preprocessed network-space image ``(I, J, K)`` (or with channels).
         config: The run config (its ``preprocess`` section gives the normalisation).
     """
-    threshold = _normalise_hu(AIR_HU + _AIR_MARGIN_HU, config)
     floor = air_level(config)
-    # When the normalisation clips above -950 HU, air and the floor coincide: skip only
-    # windows entirely at the floor.
-    threshold = max(threshold, floor)
+    threshold = max(_normalise_hu(_BODY_HU, config), floor)
 
     def skip_window(slices: tuple[slice, ...]) -> bool:
-        return bool(np.max(image[tuple(slices)]) <= threshold)
+        window = image[tuple(slices)]
+        return bool(np.count_nonzero(window > threshold) < _MIN_BODY_SHARE * window.size)
 
     return skip_window
 

@@ -434,6 +434,7 @@ def build_model(config: Config) -> keras.Model:
         residual=m.residual,
         dropout=m.dropout,
         deep_supervision=m.deep_supervision,
+        head_bias=m.head_bias,
         input_shape=(*([None] * m.spatial_dims), m.in_channels),
     )
 

@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         print(f"lungseg {args.command}: error: {error}", file=sys.stderr)
         return _EXIT_BAD_INPUT
+    except (RuntimeError, OSError) as error:  # e.g. a diverged loss, a full disk
+        print(f"lungseg {args.command}: failed: {error}", file=sys.stderr)
+        return _EXIT_PARTIAL
     except KeyboardInterrupt:
         print(f"lungseg {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -156,7 +159,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from pipelines.train import train
 
     config = load_config(args.config, overrides=args.overrides)
-    summary = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume)
+    summary = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
+                    command_line=["lungseg", *sys.argv[1:]])
     _print_json(summary)
     return _EXIT_OK
 

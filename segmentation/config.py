@@ -110,6 +110,9 @@ class ModelConfig:
         deep_supervision: Auxiliary heads at lower resolutions (training only).
         context_slices: 2D only: ``c`` neighbouring slices on each side as channels (2.5D),
             so the model sees ``2c + 1`` channels.
+        head_bias: Initial bias of the logit head: ``log(p / (1 - p))`` for a foreground
+            prior ``p`` (e.g. -4.0 for about 2 % nodule voxels) skips the first hundreds of
+            steps in which the model only learns that most voxels are background.
     """
 
     spatial_dims: Literal[2, 3] = 3
@@ -119,6 +122,7 @@ class ModelConfig:
     dropout: float = 0.0
     deep_supervision: bool = False
     context_slices: int = 0
+    head_bias: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.filters) < 2 or any(f < 1 for f in self.filters):

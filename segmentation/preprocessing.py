@@ -319,11 +319,6 @@ class PreprocessSpec:
             object.__setattr__(self, "ct_stats", CTStats.from_dict(self.ct_stats))
         if self.ct_stats is not None and not isinstance(self.ct_stats, CTStats):
             raise TypeError(f"Expected ct_stats to be a CTStats or None. Received: ct_stats={self.ct_stats!r}")
-        if self.normalisation == "ct_zscore" and self.ct_stats is None:
-            raise ValueError(
-                "Expected ct_stats (from compute_ct_stats on the training cases) for normalisation='ct_zscore'. "
-                "Received: ct_stats=None"
-            )
         if not isinstance(self.crop_to_body, bool):
             raise TypeError(f"Expected crop_to_body to be a bool. Received: crop_to_body={self.crop_to_body!r}")
         object.__setattr__(self, "body_threshold_hu", _finite_number(self.body_threshold_hu, name="body_threshold_hu"))
@@ -335,7 +330,14 @@ class PreprocessSpec:
         """Applies this spec's normalisation; float32, same shape."""
         if self.normalisation == "hu_window":
             return hu_window(image_hu, window=self.hu_window)
-        return ct_zscore(image_hu, stats=self.ct_stats)  # type: ignore[arg-type]
+        if self.ct_stats is None:
+            # A config may ask for ct_zscore before training has computed the statistics;
+            # normalising without them is the error.
+            raise ValueError(
+                "Expected ct_stats (from compute_ct_stats on the training cases) for normalisation='ct_zscore'. "
+                "Received: ct_stats=None"
+            )
+        return ct_zscore(image_hu, stats=self.ct_stats)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples as lists, ct_stats as a dict)."""

@@ -153,15 +153,28 @@ def test_predict_probabilities_rejects_channel_axis():
 # --------------------------------------------------------------------------- air level
 
 
-def test_air_level_of_hu_window_is_zero_and_skip_threshold_is_50_hu():
+def test_air_level_of_hu_window_is_zero_and_body_is_one_percent_above_minus_900_hu():
     config = _config(3)  # window (-1000, 400)
     assert air_level(config) == 0.0
-    image = np.zeros((4, 4, 4), np.float32)
-    image[0, 0, 0] = 49.0 / 1400.0  # -951 HU: still air
+    image = np.zeros((10, 10, 10), np.float32)
+    image.flat[:9] = 0.9  # 9 of 1000 voxels far above air (noise spikes): still outside the body
     skip = skip_air_window_fn(image, config=config)
-    assert skip((slice(0, 4),) * 3)
-    image[0, 0, 0] = 51.0 / 1400.0  # -949 HU
-    assert not skip((slice(0, 4),) * 3)
+    assert skip((slice(0, 10),) * 3)
+    image.flat[:10] = 99.0 / 1400.0  # 10 voxels at -901 HU: not body
+    assert skip((slice(0, 10),) * 3)
+    image.flat[:10] = 101.0 / 1400.0  # 10 voxels at -899 HU: 1 % body
+    assert not skip((slice(0, 10),) * 3)
+
+
+def test_noisy_air_window_is_skipped_and_lung_window_is_not():
+    config = _config(3)
+    rng = np.random.default_rng(0)
+    air = (-1000 + rng.normal(0, 35, (32, 32, 32)) + 1000) / 1400  # air with CT noise, windowed
+    lung = (-850 + rng.normal(0, 35, (32, 32, 32)) + 1000) / 1400
+    image = np.clip(np.concatenate([air, lung]), 0, 1).astype(np.float32)
+    skip = skip_air_window_fn(image, config=config)
+    assert skip((slice(0, 32), slice(None), slice(None)))
+    assert not skip((slice(32, 64), slice(None), slice(None)))
 
 
 def test_air_level_of_ct_zscore_uses_the_stats():

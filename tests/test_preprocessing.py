@@ -110,9 +110,10 @@ def test_ct_stats_dict_round_trip_and_validation():
 # ------------------------------------------------------------------ spec
 
 
-def test_spec_ct_zscore_without_stats_is_rejected():
+def test_spec_ct_zscore_without_stats_is_rejected_when_normalising():
+    spec = PreprocessSpec(normalisation="ct_zscore")  # a config may ask before training computes them
     with pytest.raises(ValueError, match="ct_stats"):
-        PreprocessSpec(normalisation="ct_zscore")
+        spec.normalise(np.zeros((2, 2, 2), dtype=np.float32))
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 0.0, 1.0), (1.0, 1.0), (1.0, float("inf"), 1.0), (1.0, -2.0, 1.0)])
