@@ -22,7 +22,7 @@ Output folder::
     OUT/small_lesion_recall.png held-out lesion recall per size bin and loss (mean over seeds)
     OUT/cache/                  preprocessed cases, shared by all runs
     OUT/heldout/labels/         links to the held-out labels (the truth folder of evaluate)
-    OUT/runs/{loss}_seed{k}/    run folders; heldout_pred/, heldout_probs/, heldout_eval/ inside
+    OUT/runs/{loss}_seed{k}/    run folders; heldout_pred/ (masks and probabilities), heldout_eval/ inside
 
 Resume: a run whose ``summary.json`` says it completed is kept as it is (after checking that
 its ``config.yaml`` is the one the study asks for); a run folder with anything else in it is
@@ -301,17 +301,15 @@ def _evaluate_run(config, *, run_dir: Path, images: Path, labels: Path, progress
         summary = _read_json(summary_path)
         if summary is not None:
             return summary
-    pred_dir, probs_dir = run_dir / "heldout_pred", run_dir / "heldout_probs"
+    pred_dir = run_dir / "heldout_pred"
     result = predict(model_dir=run_dir, input_path=images, out_dir=pred_dir, write_probs=True,
                      overwrite=False, progress=progress)
     if result.get("failed"):
         lines = "; ".join(str(line) for line in result.get("lines", [])[-3:])
         raise RuntimeError(f"Expected every held-out scan of {run_dir} to be predicted. Received: {lines}")
-    # lungseg evaluate reads probabilities from their own folder (FROC/CPM).
-    for path in sorted(pred_dir.glob("*_probs.nii*")):
-        _link_or_copy(path, probs_dir / path.name)
     ev = config.evaluation
-    return evaluate(pred_dir=pred_dir, truth_dir=labels, probs_dir=probs_dir, out_dir=report,
+    # The predict folder holds the masks and their probability maps (FROC/CPM) side by side.
+    return evaluate(pred_dir=pred_dir, truth_dir=labels, probs_dir=pred_dir, out_dir=report,
                     overwrite=True, connectivity=ev.connectivity, match=ev.match,
                     iou_threshold=ev.iou_threshold, small_lesion_mm=ev.small_lesion_mm,
                     size_bins_mm=tuple(ev.size_bins_mm), tolerance_mm=ev.tolerance_mm)
