@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -955,19 +954,10 @@ def _nodule_record(number: int, placed: dict[str, Any], image: np.ndarray,
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Writes `data` to a temporary file next to `path`, then renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes `data` atomically through `segmentation.io.atomic_write` (temp file, fsync, rename)."""
+    from segmentation.io import atomic_write
+
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray, *, description: str) -> bytes:
