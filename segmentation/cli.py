@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="dataset folder (MSD, nnU-Net v2 or plain)")
     train.add_argument("--out", type=Path, required=True, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                       metavar="KEY=VALUE",
+                       help="override config values, e.g. --set train.epochs=5 data.max_val_cases=2 "
+                            "(repeatable)")
 
     evaluate = commands.add_parser("evaluate", help="voxel and lesion-level metrics of predicted masks")
     evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks ({case}_mask.nii.gz or same names)")
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench.add_argument("what", choices=("train", "infer", "evaluate"))
     bench.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/cpu.yaml)")
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                       metavar="KEY=VALUE")
     bench.add_argument("--steps", type=int, default=None, help="timed steps (train)")
     bench.add_argument("--shape", type=int, nargs=3, default=None, metavar=("I", "J", "K"),
                        help="scan shape (infer/evaluate; default 512 512 300)")
@@ -101,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     losses.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the config's)")
     losses.add_argument("--target-iou", type=float, default=None, help="validation IoU that defines convergence")
     losses.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
-    losses.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    losses.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE")
     return parser
 
 

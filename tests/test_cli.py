@@ -29,3 +29,13 @@ def test_bad_config_is_reported_with_exit_2(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "train.epochz" in err and "c.yaml" in err
+
+
+@pytest.mark.parametrize("prefix", [["train"], ["bench", "train"], ["study", "losses"]])
+def test_set_takes_several_pairs_and_repeats(prefix):
+    required = {"train": ["--config", "c.yaml", "--data", "d", "--out", "o"],
+                "bench": ["--config", "c.yaml"],
+                "study": ["--config", "c.yaml", "--data", "d", "--out", "o"]}[prefix[0]]
+    args = build_parser().parse_args(
+        [*prefix, *required, "--set", "train.epochs=2", "data.max_val_cases=1", "--set", "train.seed=3"])
+    assert args.overrides == ["train.epochs=2", "data.max_val_cases=1", "train.seed=3"]
