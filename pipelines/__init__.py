@@ -1,1 +1,5 @@
 """lungseg: pipelines."""
+
+from segmentation.tf_env import prefer_onednn
+
+prefer_onednn()  # before TensorFlow is imported
