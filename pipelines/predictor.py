@@ -41,6 +41,7 @@ __all__ = [
     "make_predict_fn",
     "context_stack",
     "air_level",
+    "body_level",
     "skip_air_window_fn",
     "predict_probabilities",
     "probabilities_to_mask",
@@ -127,6 +128,15 @@ def air_level(config: Config) -> float:
     return _normalise_hu(AIR_HU, config)
 
 
+def body_level(config: Config) -> float:
+    """The preprocessed intensity above which a voxel is body (denser than -900 HU).
+
+    Lung parenchyma (about -850 HU) is body; the air around the patient is not. When the
+    normalisation clips above -900 HU, the floor (air) is returned: only voxels above it count.
+    """
+    return max(_normalise_hu(_BODY_HU, config), air_level(config))
+
+
 def _normalise_hu(value_hu: float, config: Config) -> float:
     spec = config.preprocess
     if spec.normalisation == "hu_window":
@@ -154,8 +164,7 @@ def skip_air_window_fn(image: np.ndarray, *, config: Config) -> Callable[[tuple[
         image: The preprocessed network-space image ``(I, J, K)`` (or with channels).
         config: The run config (its ``preprocess`` section gives the normalisation).
     """
-    floor = air_level(config)
-    threshold = max(_normalise_hu(_BODY_HU, config), floor)
+    threshold = body_level(config)
 
     def skip_window(slices: tuple[slice, ...]) -> bool:
         window = image[tuple(slices)]

@@ -216,6 +216,15 @@ def _air_pad_value(config: Config) -> float:
     return air_level(config)
 
 
+def _background_threshold(config: Config) -> float | None:
+    """``train.background``: None for ``uniform``, the body level for ``body``."""
+    if config.train.background == "uniform":
+        return None
+    from pipelines.predictor import body_level
+
+    return body_level(config)
+
+
 def _discover(config: Config, data_dir: Path) -> tuple[list, list]:
     from segmentation.dataset import discover_cases, kfold_split, split_cases
 
@@ -340,6 +349,7 @@ def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | 
         seed=config.train.seed,
         context_slices=model_cfg.context_slices,
         pad_value=_air_pad_value(config),
+        background_threshold=_background_threshold(config),
     )
     augmenter = None
     if config.augment.enabled:

@@ -196,6 +196,9 @@ class TrainConfig:
         epochs: Number of epochs.
         steps_per_epoch: Training steps per epoch.
         foreground_fraction: Share of patches centred on a lesion (lesion-balanced).
+        background: Where the other patches are centred: ``uniform`` over the scan, or
+            ``body`` (a voxel denser than -900 HU: lungs and soft tissue, not the air
+            around the patient).
         seed: Seed of sampling, augmentation and weight initialisation.
         val_every: Validate on whole validation scans every N epochs.
         early_stopping_patience: Validations without improvement before stopping (0: off).
@@ -216,6 +219,7 @@ class TrainConfig:
     epochs: int = 50
     steps_per_epoch: int = 100
     foreground_fraction: float = 1.0 / 3.0
+    background: Literal["uniform", "body"] = "uniform"
     seed: int = 0
     val_every: int = 1
     early_stopping_patience: int = 0

@@ -11,7 +11,13 @@ uniformly over all lesions of all cases, then a voxel uniformly inside that
 lesion, so a 4 mm nodule is as likely to be seen as a 25 mm one. The patch is
 centred on that voxel with an integer jitter of at most a quarter of the
 patch size per axis, which always keeps the voxel inside the patch.
-Background patches pick a case uniformly, then a uniform position.
+Background patches pick a case uniformly, then either a uniform position
+(default) or, with ``background_threshold``, a centre inside the body: a voxel
+whose image value exceeds the threshold (e.g. -900 HU, so lung parenchyma
+counts as body and the air around the patient does not; the idea of MONAI's
+positive/negative crop with an image threshold). On a chest CT field of view
+a third to a half of uniform 32^3 patches lie mostly in that air and teach
+the model nothing.
 
 Patches that reach past the scan are padded (image with ``pad_value``, mask
 with 0), so a patch larger than the scan is fine. Volumes may be
@@ -35,6 +41,7 @@ __all__ = ["Lesion", "PatchLocation", "PatchSampler"]
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 _MAX_NAMES_IN_MESSAGE = 10
+_BODY_GRID_STEP = 4  # body candidates are kept on a 4-voxel grid (1/64 of the voxels)
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,6 +259,32 @@ def _read_box(
     return out
 
 
+def _body_candidates(image: np.ndarray, threshold: float, step: int) -> np.ndarray:
+    """Corners of the ``step``-voxel grid cells that hold a voxel above ``threshold``.
+
+    The image is read one slab of ``step`` slices at a time (it may be a memmap).
+
+    Returns:
+        int32 ``(N, 3)`` first voxel (i, j, k) of each grid cell with a body voxel
+        (``PatchSampler.locate`` then draws one of the cell's body voxels).
+    """
+    shape = image.shape
+    cells = []
+    for k0 in range(0, shape[2], step):
+        slab = np.asarray(image[:, :, k0:k0 + step]) > threshold
+        if not slab.any():
+            continue
+        pad = [(0, (-n) % step) for n in slab.shape[:2]] + [(0, step - slab.shape[2])]
+        slab = np.pad(slab, pad)
+        gi, gj = slab.shape[0] // step, slab.shape[1] // step
+        hit = slab.reshape(gi, step, gj, step, step).any(axis=(1, 3, 4))
+        ii, jj = np.nonzero(hit)
+        cells.append(np.stack([ii * step, jj * step, np.full_like(ii, k0)], axis=1))
+    if not cells:
+        return np.zeros((0, 3), dtype=np.int32)
+    return np.concatenate(cells).astype(np.int32)
+
+
 class PatchSampler:
     """Deterministic, lesion-balanced patch sampler over cached cases.
 
@@ -271,6 +304,9 @@ class PatchSampler:
             scan's ends replicate the edge slice. The mask is the centre slice.
         pad_value: Image value outside the scan (mask is 0 there). For HU-windowed
             data 0.0 is air; for z-scored data pass the z-score of air.
+        background_threshold: None draws background patches uniformly over the scan.
+            A number centres them on voxels whose image value exceeds it (the body);
+            a case without such a voxel falls back to uniform positions (logged).
 
     Raises:
         ValueError: For bad arguments, an image/mask shape mismatch, a stale lesion
@@ -288,6 +324,7 @@ class PatchSampler:
         seed: int = 0,
         context_slices: int = 0,
         pad_value: float = 0.0,
+        background_threshold: float | None = None,
     ) -> None:
         self.patch_size = _check_patch_size(patch_size)
         self.seed = _check_int(seed, name="seed", minimum=0)
@@ -307,6 +344,16 @@ class PatchSampler:
         if not np.isfinite(pad):
             raise ValueError(f"Expected a finite pad_value. Received: pad_value={pad_value!r}")
         self.pad_value = pad
+        if background_threshold is not None:
+            if isinstance(background_threshold, (bool, np.bool_)) or not isinstance(
+                    background_threshold, (int, float, np.integer, np.floating)) or not np.isfinite(
+                    background_threshold):
+                raise ValueError(
+                    "Expected background_threshold to be a finite number or None. "
+                    f"Received: background_threshold={background_threshold!r}"
+                )
+            background_threshold = float(background_threshold)
+        self.background_threshold = background_threshold
 
         self.cases = tuple(cases)
         if not self.cases:
@@ -329,6 +376,15 @@ class PatchSampler:
                 len(self.background_only_cases),
                 _names(self.background_only_cases),
             )
+        self._body_cells: tuple[np.ndarray | None, ...] = tuple(
+            self._case_body_cells(case) for case in self.cases)
+        no_body = [str(c.case_id) for c, cells in zip(self.cases, self._body_cells)
+                   if cells is not None and len(cells) == 0]
+        if no_body:
+            logger.warning(
+                "%d case(s) have no voxel above background_threshold=%g; their background "
+                "patches are drawn uniformly: %s", len(no_body), self.background_threshold,
+                _names(no_body))
         if not self.lesions and self.foreground_fraction > 0:
             raise ValueError(
                 "Expected at least one label (foreground) voxel in the cases when "
@@ -359,6 +415,11 @@ class PatchSampler:
             _lesion_from_cache(mask, entry, case_index=case_index, case_id=case_id)
             for entry in cached
         ]
+
+    def _case_body_cells(self, case: Any) -> np.ndarray | None:
+        if self.background_threshold is None or self.foreground_fraction >= 1.0:
+            return None
+        return _body_candidates(case.image, self.background_threshold, _BODY_GRID_STEP)
 
     # ------------------------------------------------------------- properties
     @property
@@ -404,6 +465,7 @@ class PatchSampler:
             "patch_size": list(self.patch_size),
             "n_channels": self.n_channels,
             "foreground_fraction": self.foreground_fraction,
+            "background_threshold": self.background_threshold,
             "seed": self.seed,
         }
 
@@ -435,9 +497,14 @@ class PatchSampler:
             lesion_index, voxel = None, None
             case_index = int(rng.integers(self.n_cases))
             shape = np.asarray(self.cases[case_index].image.shape, dtype=np.int64)
-            room = shape[:axes] - p
-            start = rng.integers(np.minimum(room, 0), np.maximum(room, 0) + 1)
-            slice_index = int(rng.integers(shape[2])) if axes == 2 else None
+            centre = self._body_centre(case_index, shape, rng)
+            if centre is None:
+                room = shape[:axes] - p
+                start = rng.integers(np.minimum(room, 0), np.maximum(room, 0) + 1)
+                slice_index = int(rng.integers(shape[2])) if axes == 2 else None
+            else:
+                start = centre[:axes] - p // 2
+                slice_index = int(centre[2]) if axes == 2 else None
         return PatchLocation(
             index=index,
             case_index=case_index,
@@ -448,6 +515,22 @@ class PatchSampler:
             start=tuple(int(s) for s in start),
             slice_index=slice_index,
         )
+
+    def _body_centre(self, case_index: int, shape: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray | None:
+        """A voxel above ``background_threshold``, or None (uniform sampling).
+
+        A grid cell holding body voxels is drawn uniformly, then one of its body voxels
+        uniformly (the cell, at most 4x4x4 voxels, is read from the image).
+        """
+        cells = self._body_cells[case_index]
+        if cells is None or len(cells) == 0:
+            return None
+        corner = cells[int(rng.integers(len(cells)))].astype(np.int64)
+        stop = np.minimum(corner + _BODY_GRID_STEP, shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(corner, stop))
+        inside = np.argwhere(np.asarray(self.cases[case_index].image[box]) > self.background_threshold)
+        return corner + inside[int(rng.integers(len(inside)))]
 
     def extract(self, location: PatchLocation) -> tuple[np.ndarray, np.ndarray]:
         """Reads the patch at ``location`` (padding outside the scan).

@@ -117,3 +117,8 @@ def test_round_trip_through_yaml(tmp_path):
 def test_loss_must_have_a_name():
     with pytest.raises(ConfigError, match="loss"):
         config_from_dict({"loss": {"components": []}})
+
+
+def test_bad_background_lists_choices():
+    with pytest.raises(ConfigError, match=r"train\.background.*\['uniform', 'body'\].*'lungs'"):
+        config_from_dict({"train": {"background": "lungs"}})

@@ -369,3 +369,68 @@ def test_negative_index_raises():
     sampler = PatchSampler([_two_lesion_case()], patch_size=(8, 8, 8))
     with pytest.raises(ValueError, match="index=-1"):
         sampler.sample(-1)
+
+
+# ------------------------------------------------------------------ background in the body
+def _body_case(case_id="body", shape=(40, 36, 30)):
+    """Air (0.0) around a 'body' box (0.5) of 10x12x9 voxels, one lesion inside it."""
+    image = np.zeros(shape, np.float32)
+    image[20:30, 10:22, 5:14] = 0.5
+    mask = np.zeros(shape, np.uint8)
+    mask[24:26, 14:16, 8:10] = 1
+    image[mask > 0] = 0.9
+    return _case(case_id, image, mask)
+
+
+@pytest.mark.parametrize("patch_size", [(8, 8, 8), (8, 8)])
+def test_body_background_centres_lie_above_the_threshold(patch_size):
+    case = _body_case()
+    sampler = PatchSampler([case], patch_size=patch_size, foreground_fraction=0.0, seed=4,
+                           background_threshold=0.1)
+    half = np.asarray(patch_size) // 2
+    centres = set()
+    for i in range(500):
+        loc = sampler.locate(i)
+        assert not loc.foreground
+        ij = np.asarray(loc.start) + half
+        k = loc.slice_index if len(patch_size) == 2 else ij[2]
+        centre = (int(ij[0]), int(ij[1]), int(k))
+        assert case.image[centre] > 0.1, (i, loc)
+        centres.add(centre)
+    # the draws spread over the body box (1,080 voxels), not a few grid corners
+    assert len(centres) > 250
+
+
+def test_uniform_background_mostly_misses_a_small_body():
+    case = _body_case()
+    sampler = PatchSampler([case], patch_size=(8, 8, 8), foreground_fraction=0.0, seed=4)
+    inside = [case.image[tuple(np.asarray(sampler.locate(i).start) + 4)] > 0.1 for i in range(500)]
+    # the body is 1,080 of the 43,200 voxels (2.5 %): uniform centres land there rarely
+    assert np.mean(inside) < 0.1
+
+
+def test_body_background_keeps_foreground_lesion_balanced_and_is_deterministic():
+    a = PatchSampler([_body_case()], patch_size=(8, 8, 8), foreground_fraction=0.5, seed=9,
+                     background_threshold=0.1)
+    b = PatchSampler([_body_case()], patch_size=(8, 8, 8), foreground_fraction=0.5, seed=9,
+                     background_threshold=0.1)
+    assert [a.locate(i) for i in range(100)] == [b.locate(i) for i in range(100)]
+    share = np.mean([a.locate(i).foreground for i in range(2000)])
+    assert abs(share - 0.5) < 0.04
+    assert a.summary()["background_threshold"] == 0.1
+
+
+def test_case_without_body_falls_back_to_uniform_with_a_warning(caplog):
+    empty = _case("air_only", np.zeros((20, 20, 20), np.float32), np.zeros((20, 20, 20), np.uint8))
+    with caplog.at_level("WARNING", logger="segmentation.sampling"):
+        sampler = PatchSampler([empty], patch_size=(8, 8, 8), foreground_fraction=0.0, seed=0,
+                               background_threshold=0.1)
+    assert "air_only" in caplog.text and "background_threshold" in caplog.text
+    starts = {sampler.locate(i).start for i in range(200)}
+    assert len(starts) > 50  # uniform positions, no crash
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high", True])
+def test_bad_background_threshold_is_an_error(bad):
+    with pytest.raises(ValueError, match="background_threshold"):
+        PatchSampler([_body_case()], patch_size=(8, 8, 8), background_threshold=bad)

@@ -445,3 +445,26 @@ def test_mixed_precision_uses_loss_scaling_and_restores_the_policy(tiny_data, tm
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers)
     assert model(np.zeros((1, 16, 16, 16, 1), np.float32)).dtype == "float32"  # float32 logits
+
+
+# --------------------------------------------------------------------------- background sampling
+
+
+@pytest.mark.parametrize("background", ["uniform", "body"])
+def test_train_background_reaches_the_sampler(tiny_data, tmp_path, background):
+    from pipelines.predictor import body_level
+    from pipelines.train import prepare_data
+
+    config = _config(f"train.background={background}", "train.foreground_fraction=0.0")
+    prepared = prepare_data(config, data_dir=tiny_data, run_dir=tmp_path, progress=False)
+    threshold = prepared.sampler.background_threshold
+    if background == "uniform":
+        assert threshold is None
+        return
+    # -900 HU in the default window [-1000, 400]: (1000 - 900) / 1400
+    assert threshold == pytest.approx(body_level(config)) and threshold == pytest.approx(100 / 1400)
+    for i in range(100):
+        loc = prepared.sampler.locate(i)
+        image = prepared.train_cases[loc.case_index].image
+        centre = tuple(int(s + p // 2) for s, p in zip(loc.start, config.train.patch_size))
+        assert image[centre] > threshold
