@@ -15,9 +15,8 @@ Background patches pick a case uniformly, then either a uniform position
 (default) or, with ``background_threshold``, a centre inside the body: a voxel
 whose image value exceeds the threshold (e.g. -900 HU, so lung parenchyma
 counts as body and the air around the patient does not; the idea of MONAI's
-positive/negative crop with an image threshold). On a chest CT field of view
-a third to a half of uniform 32^3 patches lie mostly in that air and teach
-the model nothing.
+positive/negative crop with an image threshold). On the phantom scans a
+third to a half of uniform 32^3 patches lie mostly in that air.
 
 Patches that reach past the scan are padded (image with ``pad_value``, mask
 with 0), so a patch larger than the scan is fine. Volumes may be

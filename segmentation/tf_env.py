@@ -2,13 +2,14 @@
 
 TensorFlow's x86 wheels turn oneDNN's fused CPU kernels on by default only on CPUs with
 AVX-512 VNNI / BF16 / AMX. On an AVX2-only CPU (e.g. an AMD EPYC without AVX-512) they stay
-off, and the 3D U-Net's training step of ``configs/cpu.yaml`` is 4.5x slower (2.45 s against
-0.54 s per batch of eight 32^3 patches, measured on a 2-core AMD EPYC). ``prefer_onednn``
-asks for them unless the user already chose with ``TF_ENABLE_ONEDNN_OPTS``.
+off, and the 3D U-Net's training step of ``configs/cpu.yaml`` is 4.3x slower (2.36 s against
+0.55 s per batch of eight 32^3 patches, ``lungseg bench train --config configs/cpu.yaml`` on a
+2-core AMD EPYC). ``prefer_onednn`` asks for them unless the user already chose with
+``TF_ENABLE_ONEDNN_OPTS``.
 
-Every package that imports TensorFlow (``models``, ``losses``, ``pipelines``) and the CLI call
-it first. It has no effect once TensorFlow is imported; a program that imports TensorFlow
-itself before lungseg sets the variable itself.
+Every package that imports TensorFlow (``models``, ``losses``, ``pipelines``) calls it first;
+the CLI reaches TensorFlow only through them. It has no effect once TensorFlow is imported; a
+program that imports TensorFlow itself before lungseg sets the variable itself.
 """
 
 from __future__ import annotations

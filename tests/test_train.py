@@ -30,6 +30,7 @@ from pipelines.train import (
     WarmupDecaySchedule,
     _outline_image,
     metric_sort_key,
+    prepare_data,
     train,
 )
 from segmentation.config import load_config
@@ -453,7 +454,6 @@ def test_mixed_precision_uses_loss_scaling_and_restores_the_policy(tiny_data, tm
 @pytest.mark.parametrize("background", ["uniform", "body"])
 def test_train_background_reaches_the_sampler(tiny_data, tmp_path, background):
     from pipelines.predictor import body_level
-    from pipelines.train import prepare_data
 
     config = _config(f"train.background={background}", "train.foreground_fraction=0.0")
     prepared = prepare_data(config, data_dir=tiny_data, run_dir=tmp_path, progress=False)
