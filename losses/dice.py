@@ -22,6 +22,9 @@ class DiceLoss(BinaryLoss):
         smooth: smoothing ``s`` added to numerator and denominator (> 0).
         batch: pool sums over the batch.
         squared: ``sum(p^2) + sum(y^2)`` in the denominator (V-Net's form).
+        skip_empty: per-sample Dice averaged over the samples that hold
+            foreground only (see ``functional.soft_dice_loss``); pair it with
+            BCE, which sees the empty patches.
         from_logits, debug, reduction, name: see ``BinaryLoss``.
 
     Example:
@@ -32,20 +35,26 @@ class DiceLoss(BinaryLoss):
     short_name = "dice"
 
     def __init__(self, *, smooth: float = 1.0, batch: bool = False, squared: bool = False,
-                 from_logits: bool = True, debug: bool = False,
+                 skip_empty: bool = False, from_logits: bool = True, debug: bool = False,
                  reduction: str | None = "sum_over_batch_size", name: str = "dice_loss"):
         super().__init__(from_logits=from_logits, debug=debug, reduction=reduction, name=name)
         self.smooth = check_number(smooth, "smooth", minimum=0.0, strict_minimum=True)
         self.batch = check_bool(batch, "batch")
         self.squared = check_bool(squared, "squared")
+        self.skip_empty = check_bool(skip_empty, "skip_empty")
+        if self.skip_empty and self.batch:
+            raise ValueError(
+                "Expected skip_empty=False with batch=True (a pooled Dice has no per-sample "
+                "targets to skip). Received: batch=True, skip_empty=True")
 
     def per_sample(self, y_true: Any, y_pred: Any) -> Any:
         return functional.soft_dice_loss(
             y_true, y_pred, from_logits=self.from_logits, smooth=self.smooth,
-            batch=self.batch, squared=self.squared,
+            batch=self.batch, squared=self.squared, skip_empty=self.skip_empty,
         )
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"smooth": self.smooth, "batch": self.batch, "squared": self.squared})
+        config.update({"smooth": self.smooth, "batch": self.batch, "squared": self.squared,
+                       "skip_empty": self.skip_empty})
         return config

@@ -50,6 +50,7 @@ def soft_dice_loss(
     smooth: float = 1.0,
     batch: bool = False,
     squared: bool = False,
+    skip_empty: bool = False,
 ) -> Any:
     """Soft Dice loss ``1 - (2 sum(p y) + s) / (sum(p) + sum(y) + s)``.
 
@@ -66,10 +67,21 @@ def soft_dice_loss(
         batch: pool the sums over the whole batch (nnU-Net's batch Dice); the
             pooled value is repeated for each sample.
         squared: use squared terms in the denominator.
+        skip_empty: per-sample Dice over the samples whose target holds
+            foreground only: an empty-target sample gets 0 and the others are
+            scaled by ``N / n_nonempty``, so that the batch mean is their mean
+            (0 when no sample has foreground). Each lesion patch then weighs
+            the same whatever the lesion's size, and empty patches, whose Dice
+            can only push predictions to zero, are left to a voxel-wise loss.
+            Not with ``batch=True``.
 
     Returns:
         float32 tensor of shape ``(N,)``.
     """
+    if skip_empty and batch:
+        raise ValueError(
+            "Expected skip_empty=False with batch=True (a pooled Dice has no per-sample "
+            f"targets to skip). Received: batch={batch!r}, skip_empty={skip_empty!r}")
     p = probabilities(y_pred, from_logits=from_logits)
     axes = reduction_axes(p, batch=batch)
     intersection = ops.sum(p * y_true, axis=axes)
@@ -78,7 +90,13 @@ def soft_dice_loss(
     else:
         denominator = ops.sum(p, axis=axes) + ops.sum(y_true, axis=axes)
     loss = 1.0 - (2.0 * intersection + smooth) / (denominator + smooth)
-    return _broadcast_to_batch(loss, p) if batch else loss
+    if batch:
+        return _broadcast_to_batch(loss, p)
+    if skip_empty:
+        nonempty = ops.cast(ops.sum(y_true, axis=axes) > 0, loss.dtype)
+        n_samples = ops.cast(ops.shape(loss)[0], loss.dtype)
+        loss = loss * nonempty * n_samples / ops.maximum(ops.sum(nonempty), 1.0)
+    return loss
 
 
 def binary_crossentropy_loss(

@@ -219,6 +219,32 @@ def test_dice_empty_prediction_full_truth():
         pytest.approx(1 - 1 / 5))
 
 
+def test_dice_skip_empty_is_mean_over_samples_with_foreground():
+    y, x = random_case(41, shape=(4, 4, 5, 6))  # sample 0 has an empty target
+    kept = [1, 2, 3]
+    expected = np.mean([np_dice(y[i], np_sigmoid(x[i]), smooth=1.0) for i in kept])
+    loss = DiceLoss(skip_empty=True)
+    assert value(loss, y, x) == pytest.approx(expected, rel=1e-5)
+    assert value(loss, y, x) != pytest.approx(value(DiceLoss(), y, x), rel=1e-3)
+    assert value(loss, y[kept], x[kept]) == pytest.approx(value(DiceLoss(), y[kept], x[kept]),
+                                                          rel=1e-6)
+
+
+def test_dice_skip_empty_gives_no_gradient_to_empty_samples():
+    y, x = random_case(42)  # sample 0 has an empty target
+    logits = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        loss = DiceLoss(skip_empty=True)(y, logits)
+    grad = tape.gradient(loss, logits).numpy()
+    assert np.all(grad[0] == 0.0)
+    assert np.any(grad[1:] != 0.0)
+
+
+def test_dice_skip_empty_all_samples_empty_is_zero():
+    y = np.zeros((3, 2, 2, 2), np.float32)
+    assert value(DiceLoss(skip_empty=True), y, np.ones(y.shape + (1,), np.float32)) == 0.0
+
+
 def test_keras_dice_differs_on_empty_patch():
     """Documents why we do not use keras.losses.Dice: it scores an empty match as 1."""
     y = np.zeros((1, 2, 2, 2, 1), np.float32)
@@ -368,6 +394,8 @@ def test_mismatch_of_dims_unknown_at_trace_time_fails_at_run_time():
     [
         (lambda: DiceLoss(smooth=0.0), "smooth > 0.0"),
         (lambda: DiceLoss(batch=1), "batch=1"),
+        (lambda: DiceLoss(batch=True, skip_empty=True), "skip_empty=False with batch=True"),
+        (lambda: DiceLoss(skip_empty="yes"), "skip_empty='yes'"),
         (lambda: BCELoss(pos_weight=-1.0), "pos_weight > 0.0"),
         (lambda: FocalLoss(alpha=1.5), "alpha <= 1.0"),
         (lambda: FocalLoss(gamma=-1.0), "gamma >= 0.0"),
@@ -481,9 +509,10 @@ def test_config_round_trip(name):
 
 @pytest.mark.parametrize("loss", [
     DiceLoss(smooth=0.5, batch=True, squared=True, from_logits=False, name="d"),
+    DiceLoss(skip_empty=True),
     BCELoss(pos_weight=4.0, reduction="sum"), FocalLoss(alpha=None, gamma=1.5),
     TverskyLoss(alpha=0.2, beta=0.8, gamma=0.5, smooth=2.0, batch=True)],
-    ids=["dice", "bce", "focal", "tversky"])
+    ids=["dice", "dice_skip_empty", "bce", "focal", "tversky"])
 def test_get_config_holds_every_argument(loss):
     import inspect
 
