@@ -237,7 +237,7 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
         InferenceError: Bad ``threshold`` or ``min_size_mm3``.
         ValueError: A non-finite preprocessed image (from `predict_probabilities`).
     """
-    from pipelines.predictor import predict_probabilities, probabilities_to_mask
+    from pipelines.predictor import lung_filter, predict_probabilities, probabilities_to_mask
 
     inference = config.inference
     threshold = _check_threshold(inference.threshold if threshold is None else threshold)
@@ -246,7 +246,8 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
     geometry, image_net = pre.geometry, pre.image
     del pre
     probs_net = predict_probabilities(model, image_net, config=config, tta=tta, predict_fn=predict_fn)
-    del image_net
+    if not config.inference.lung_mask:
+        del image_net  # kept only for the lung region
     probs = np.ascontiguousarray(geometry.inverse(probs_net, order=1, fill=0.0), dtype=np.float32)
     del probs_net
     if not probs.flags.writeable:
@@ -259,6 +260,8 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
         min_size_mm3=min_size_mm3,
         connectivity=config.evaluation.connectivity,
     )
+    if config.inference.lung_mask:
+        mask = lung_filter(mask, image_net=image_net, geometry=geometry, config=config)
     return probs, mask.view(np.uint8)
 
 

@@ -34,6 +34,7 @@ import scipy.ndimage as ndi
 import tensorflow as tf
 
 from segmentation.config import Config
+from segmentation.lungmask import LUNG_AIR_HU, drop_components_outside, lung_region
 from segmentation.sliding_window import sliding_window_inference
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "skip_air_window_fn",
     "predict_probabilities",
     "probabilities_to_mask",
+    "lung_filter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -236,6 +238,34 @@ def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
         skip_window=skip,
         mirror_axes=(0, 1) if use_tta else None,
     ).astype(np.float32)
+
+
+def lung_filter(mask: np.ndarray, *, image_net: np.ndarray, geometry: Any,
+                config: Config) -> np.ndarray:
+    """Drops predicted components outside the lungs when ``inference.lung_mask`` is on.
+
+    The lung region is found on the preprocessed image (network space, cranio-caudal axis
+    last) at the config's normalisation of -400 HU, brought back to the scan's own grid with
+    the recorded geometry, and components with less than half their voxels in it are removed.
+
+    Args:
+        mask: bool ``(I, J, K)`` mask in the scan's own grid.
+        image_net: The preprocessed image ``(I, J, K)`` or ``(I, J, K, 1)``.
+        geometry: The `segmentation.alignment.Geometry` from the scan to ``image_net``.
+        config: The run config (``inference.lung_mask``, normalisation, connectivity).
+
+    Returns:
+        bool ``(I, J, K)``; ``mask`` unchanged when ``inference.lung_mask`` is off.
+    """
+    if not config.inference.lung_mask:
+        return mask
+    image = np.asarray(image_net)
+    if image.ndim == 4:
+        image = image[..., 0]
+    region_net = lung_region(image, spacing_mm=geometry.spacing_mm,
+                             threshold=_normalise_hu(LUNG_AIR_HU, config))
+    region = geometry.inverse(region_net.astype(np.float32), order=0, fill=0.0) > 0.5
+    return drop_components_outside(mask, region, connectivity=config.evaluation.connectivity)
 
 
 def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,

@@ -590,7 +590,8 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
         The `segmentation.metrics.summarize` dict (plus ``val_time_s``); with
         ``return_first_probs`` a tuple ``(summary, probs)``.
     """
-    from pipelines.predictor import make_predict_fn, predict_probabilities, probabilities_to_mask
+    from pipelines.predictor import (lung_filter, make_predict_fn, predict_probabilities,
+                                     probabilities_to_mask)
     from segmentation.metrics import evaluate_case, summarize
 
     start = time.perf_counter()
@@ -608,6 +609,7 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
                                      spacing_mm=case.spacing_mm,
                                      min_size_mm3=config.inference.min_size_mm3,
                                      connectivity=ev.connectivity)
+        pred = lung_filter(pred, image_net=case.image_net, geometry=case.geometry, config=config)
         results.append(evaluate_case(
             case.label(), pred, spacing_mm=case.spacing_mm, affine=case.geometry.source_affine,
             probs=probs, case_id=case.case_id, connectivity=ev.connectivity,

@@ -267,6 +267,8 @@ class InferenceConfig:
         threshold: Probability threshold of the mask.
         min_size_mm3: Predicted components smaller than this are removed.
         skip_empty_windows: Skip windows entirely outside the body (air only).
+        lung_mask: Drop predicted components that lie mostly outside the lungs (a region
+            found by thresholds and morphology, `segmentation.lungmask`).
     """
 
     overlap: float = 0.5
@@ -276,6 +278,7 @@ class InferenceConfig:
     threshold: float = 0.5
     min_size_mm3: float = 0.0
     skip_empty_windows: bool = True
+    lung_mask: bool = False
 
     def __post_init__(self) -> None:
         _check_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)

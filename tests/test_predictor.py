@@ -18,6 +18,7 @@ import pytest
 from pipelines.predictor import (
     air_level,
     context_stack,
+    lung_filter,
     make_predict_fn,
     predict_probabilities,
     probabilities_to_mask,
@@ -227,3 +228,30 @@ def test_probabilities_to_mask_empty_prediction_stays_empty():
 def test_probabilities_to_mask_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         probabilities_to_mask(np.ones((2, 2, 2)), **kwargs)
+
+
+# --------------------------------------------------------------------------- lung filter
+def _flipped_geometry(shape):
+    """A scan stored with its first two axes flipped (LPS-like) and 1 mm voxels."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    from segmentation.alignment import Geometry, Reorient
+
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    ornt = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+    return Geometry(shape, affine, steps=(Reorient(ornt, in_shape=shape),))
+
+
+def test_lung_filter_drops_components_outside_the_lungs_in_the_scans_own_grid():
+    from test_lungmask import chest
+
+    image_hu, parts = chest()
+    geometry = _flipped_geometry(image_hu.shape)
+    image_net = (np.clip(image_hu, -1000.0, 400.0)[..., None] + 1000.0) / 1400.0  # hu_window
+    to_source = lambda a: geometry.inverse(a.astype(np.float32), order=0) > 0.5  # noqa: E731
+    mask = to_source(parts["wall"] | parts["nodule_all"] | parts["vessel"])
+    kept = lung_filter(mask, image_net=image_net, geometry=geometry,
+                       config=_config(lung_mask=True))
+    np.testing.assert_array_equal(kept, to_source(parts["nodule_all"] | parts["vessel"]))
+    off = lung_filter(mask, image_net=image_net, geometry=geometry, config=_config())
+    assert off is mask
