@@ -247,6 +247,8 @@ def lung_filter(mask: np.ndarray, *, image_net: np.ndarray, geometry: Any,
     The lung region is found on the preprocessed image (network space, cranio-caudal axis
     last) at the config's normalisation of -400 HU, brought back to the scan's own grid with
     the recorded geometry, and components with less than half their voxels in it are removed.
+    A normalisation that clips -400 HU to its floor (a ``ct_zscore`` whose lower bound is above
+    it) leaves no air to find: the region is then the whole scan (with a warning), no filter.
 
     Args:
         mask: bool ``(I, J, K)`` mask in the scan's own grid.
