@@ -42,10 +42,7 @@ class DiceLoss(BinaryLoss):
         self.batch = check_bool(batch, "batch")
         self.squared = check_bool(squared, "squared")
         self.skip_empty = check_bool(skip_empty, "skip_empty")
-        if self.skip_empty and self.batch:
-            raise ValueError(
-                "Expected skip_empty=False with batch=True (a pooled Dice has no per-sample "
-                "targets to skip). Received: batch=True, skip_empty=True")
+        functional.check_dice_options(batch=self.batch, skip_empty=self.skip_empty)
 
     def per_sample(self, y_true: Any, y_pred: Any) -> Any:
         return functional.soft_dice_loss(

@@ -42,6 +42,14 @@ def _broadcast_to_batch(scalar: Any, like: Any) -> Any:
     return per_sample + scalar
 
 
+def check_dice_options(*, batch: bool, skip_empty: bool) -> None:
+    """Raises ``ValueError`` for ``skip_empty`` with ``batch`` (nothing per sample to skip)."""
+    if skip_empty and batch:
+        raise ValueError(
+            "Expected skip_empty=False with batch=True (a pooled Dice has no per-sample "
+            f"targets to skip). Received: batch={batch!r}, skip_empty={skip_empty!r}")
+
+
 def soft_dice_loss(
     y_true: Any,
     y_pred: Any,
@@ -78,10 +86,7 @@ def soft_dice_loss(
     Returns:
         float32 tensor of shape ``(N,)``.
     """
-    if skip_empty and batch:
-        raise ValueError(
-            "Expected skip_empty=False with batch=True (a pooled Dice has no per-sample "
-            f"targets to skip). Received: batch={batch!r}, skip_empty={skip_empty!r}")
+    check_dice_options(batch=batch, skip_empty=skip_empty)
     p = probabilities(y_pred, from_logits=from_logits)
     axes = reduction_axes(p, batch=batch)
     intersection = ops.sum(p * y_true, axis=axes)
