@@ -404,10 +404,10 @@ def _scan_source(shape: tuple[int, int, int], spacing: tuple[float, float, float
 
 def _count_windows(image_net: np.ndarray, config) -> tuple[int, int]:
     """(windows tiling the network-space image, windows not skipped as air) of the config."""
-    from pipelines.predictor import skip_air_window_fn
+    from pipelines.predictor import inference_window, skip_air_window_fn
     from segmentation.sliding_window import window_positions
 
-    window = tuple(config.train.patch_size)
+    window = inference_window(config)
     if config.model.spatial_dims == 2:
         window = (*window, 1)
     padded = tuple(max(s, w) for s, w in zip(image_net.shape, window))
@@ -446,6 +446,7 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
     import keras
 
     from pipelines.infer import predict_volume
+    from pipelines.predictor import inference_window
     from pipelines.train import build_model
     from segmentation.io import volume_from_array
     from segmentation.preprocessing import preprocess_volume
@@ -488,7 +489,7 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
         "preprocess_s": pre_phase.seconds,
         "windows": n_windows,
         "windows_evaluated": n_evaluated,
-        "window": list(config.train.patch_size),
+        "window": list(inference_window(config)),
         "overlap": config.inference.overlap,
         "inference_batch_size": config.inference.batch_size,
     }

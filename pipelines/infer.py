@@ -8,7 +8,7 @@ Per scan (`predict_volume` holds the numerical part, `predict` the files):
 2. `segmentation.preprocessing.preprocess_volume` with the run's own ``config.preprocess``
    (the resolved ``config.yaml`` saved by training, so preprocessing cannot drift);
 3. `pipelines.predictor.predict_probabilities`: the one sliding-window wrapper (window =
-   ``train.patch_size``, ``inference.overlap``, Gaussian importance, batched windows, air-only
+   ``inference.window`` or ``train.patch_size``, ``inference.overlap``, Gaussian importance, batched windows, air-only
    windows skipped, optional mirror TTA), network-space probabilities;
 4. ``Geometry.inverse(probs, order=1)``: probabilities (not labels) go back to the exact
    source grid and voxel order, then are clipped to [0, 1];
@@ -218,7 +218,8 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
 
     Args:
         model: Keras model (logits out), or None when ``predict_fn`` is given.
-        config: The run config (``preprocess``, ``train.patch_size``, ``inference``,
+        config: The run config (``preprocess``, ``train.patch_size`` or ``inference.window``,
+            ``inference``,
             ``evaluation.connectivity``).
         volume: The CT (`segmentation.io.Volume`, Hounsfield units).
         tta: Mirror test-time augmentation; None: ``config.inference.tta``.

@@ -5,10 +5,10 @@ There is one sliding-window implementation (`segmentation.sliding_window`); this
 only turns a Keras model into the ``predict_fn`` it expects and decides the window, the
 channels and which windows to skip:
 
-* 3D models (``model.spatial_dims: 3``): 3D windows of ``train.patch_size`` over the
-  network-space volume ``(I, J, K)``.
+* 3D models (``model.spatial_dims: 3``): 3D windows of ``inference.window`` (default
+  ``train.patch_size``, `inference_window`) over the network-space volume ``(I, J, K)``.
 * 2D and 2.5D models (``model.spatial_dims: 2``): axial slices, i.e. windows of
-  ``(*train.patch_size, 1)`` over the volume, slice-wise along the last canonical axis K.
+  ``(*window, 1)`` over the volume, slice-wise along the last canonical axis K.
   With ``model.context_slices = c`` the ``2c + 1`` neighbouring slices (edge slices
   replicated, exactly as the training sampler does) are the channels. The stitched
   channel stack costs ``(2c + 1)`` times the volume in memory.
@@ -175,6 +175,16 @@ def skip_air_window_fn(image: np.ndarray, *, config: Config) -> Callable[[tuple[
     return skip_window
 
 
+def inference_window(config: Config) -> tuple[int, ...]:
+    """The sliding window of a config: ``inference.window``, or ``train.patch_size``.
+
+    Returns:
+        One size per spatial axis of the model (2 for 2D / 2.5D, 3 for 3D), in voxels.
+    """
+    window = config.inference.window
+    return tuple(int(w) for w in (config.train.patch_size if window is None else window))
+
+
 def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
                           tta: bool | None = None, predict_fn=None) -> np.ndarray:
     """Sliding-window foreground probabilities of a preprocessed (network-space) volume.
@@ -182,7 +192,7 @@ def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
     Args:
         model: Keras model (logits out), 3D or 2D as ``config.model.spatial_dims``.
         image_net: float32 ``(I, J, K)`` preprocessed volume in canonical order.
-        config: Run config: window = ``train.patch_size``; ``inference.overlap``,
+        config: Run config: window = `inference_window`; ``inference.overlap``,
             ``batch_size``, ``sigma_scale``, ``tta``, ``skip_empty_windows``.
         tta: Overrides ``inference.tta`` (mirror axes: all three in 3D, the in-plane two
             in 2D).
@@ -213,7 +223,7 @@ def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
         return sliding_window_inference(
             image[..., None],
             predict_fn,
-            window=tuple(config.train.patch_size),
+            window=inference_window(config),
             overlap=inference.overlap,
             batch_size=inference.batch_size,
             sigma_scale=inference.sigma_scale,
@@ -231,7 +241,7 @@ def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
     return sliding_window_inference(
         stack,
         predict_slices,
-        window=(*config.train.patch_size, 1),
+        window=(*inference_window(config), 1),
         overlap=inference.overlap,
         batch_size=inference.batch_size,
         sigma_scale=inference.sigma_scale,

@@ -269,6 +269,10 @@ class InferenceConfig:
         skip_empty_windows: Skip windows entirely outside the body (air only).
         lung_mask: Drop predicted components that lie mostly outside the lungs (a region
             found by thresholds and morphology, `segmentation.lungmask`).
+        window: Sliding-window size in voxels (``null``: ``train.patch_size``); like the
+            patch, one value per spatial axis, each a multiple of ``2**depth``. The U-Net is
+            fully convolutional, so it runs on windows larger than its training patches:
+            fewer, larger forward passes and fewer overlapping voxels computed twice.
     """
 
     overlap: float = 0.5
@@ -279,8 +283,15 @@ class InferenceConfig:
     min_size_mm3: float = 0.0
     skip_empty_windows: bool = True
     lung_mask: bool = False
+    window: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.window is not None and (
+                len(self.window) not in (2, 3) or any(w < 1 for w in self.window)):
+            raise ConfigError(
+                "Expected inference.window to be 2 or 3 positive integers or null. "
+                f"Received: inference.window={list(self.window)}"
+            )
         _check_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
         _check_range("inference.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
         _check_range("inference.sigma_scale", self.sigma_scale, 0.0, math.inf, low_open=True)
@@ -342,18 +353,21 @@ class Config:
                 f"[...]}}). Received: loss={self.loss!r}"
             )
         patch = self.train.patch_size
-        if len(patch) != self.model.spatial_dims:
-            raise ConfigError(
-                f"Expected train.patch_size to have {self.model.spatial_dims} values for "
-                f"model.spatial_dims={self.model.spatial_dims}. Received: train.patch_size={list(patch)}"
-            )
         divisor = 2**self.model.depth
-        bad = [p for p in patch if p % divisor]
-        if bad:
-            raise ConfigError(
-                f"Expected every train.patch_size value to be a multiple of 2**depth = {divisor} "
-                f"(depth {self.model.depth} from model.filters). Received: train.patch_size={list(patch)}"
-            )
+        sizes = [("train.patch_size", patch)]
+        if self.inference.window is not None:
+            sizes.append(("inference.window", self.inference.window))
+        for key, size in sizes:
+            if len(size) != self.model.spatial_dims:
+                raise ConfigError(
+                    f"Expected {key} to have {self.model.spatial_dims} values for "
+                    f"model.spatial_dims={self.model.spatial_dims}. Received: {key}={list(size)}"
+                )
+            if any(p % divisor for p in size):
+                raise ConfigError(
+                    f"Expected every {key} value to be a multiple of 2**depth = {divisor} "
+                    f"(depth {self.model.depth} from model.filters). Received: {key}={list(size)}"
+                )
 
 
 # --------------------------------------------------------------------------- loading

@@ -79,6 +79,31 @@ def test_patch_rank_must_match_model():
         config_from_dict({"model": {"spatial_dims": 2}, "train": {"patch_size": [64, 64, 64]}})
 
 
+def test_inference_window_not_multiple_of_depth_divisor():
+    with pytest.raises(ConfigError, match=r"inference.window value to be a multiple of 2\*\*depth = 8.*\[60, 64, 64\]"):
+        config_from_dict({"model": {"filters": [8, 16, 32, 64]}, "train": {"patch_size": [32, 32, 32]},
+                          "inference": {"window": [60, 64, 64]}})
+
+
+def test_inference_window_rank_must_match_model():
+    with pytest.raises(ConfigError, match=r"inference.window to have 2 values for model.spatial_dims=2"):
+        config_from_dict({"model": {"spatial_dims": 2}, "train": {"patch_size": [64, 64]},
+                          "inference": {"window": [64, 64, 64]}})
+
+
+@pytest.mark.parametrize("window", [[0, 32, 32], [32], [32, 32, 32, 32]])
+def test_inference_window_must_be_two_or_three_positive_sizes(window):
+    with pytest.raises(ConfigError, match=r"inference.window to be 2 or 3 positive integers"):
+        config_from_dict({"inference": {"window": window}})
+
+
+def test_inference_window_larger_than_the_patch_is_accepted():
+    config = config_from_dict({"model": {"filters": [8, 16, 32, 64]}, "train": {"patch_size": [32, 32, 32]},
+                               "inference": {"window": [64, 64, 48]}})
+    assert config.inference.window == (64, 64, 48)
+    assert config_from_dict({}).inference.window is None
+
+
 def test_range_error_names_key():
     with pytest.raises(ConfigError, match=r"inference\.overlap in \[0\.0, 1\.0\).*1\.5"):
         config_from_dict({"inference": {"overlap": 1.5}})

@@ -18,6 +18,7 @@ import pytest
 from pipelines.predictor import (
     air_level,
     context_stack,
+    inference_window,
     lung_filter,
     make_predict_fn,
     predict_probabilities,
@@ -128,6 +129,33 @@ def test_predict_probabilities_2p5d_is_slice_wise_on_the_centre_channel(tta):
     expected = _sigmoid(image[:, :, [0, 0, 1, 2, 3]])
     assert probs.shape == image.shape
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [3, 2])
+def test_predict_probabilities_runs_the_inference_window_not_the_patch(spatial_dims):
+    window = [16] * spatial_dims
+    config = _config(spatial_dims, overlap=0.25, batch_size=2, skip_empty_windows=False,
+                     window=str(window).replace(" ", ""))
+    assert config.train.patch_size == (8,) * spatial_dims
+    assert inference_window(config) == (16,) * spatial_dims
+    channels = 1 if spatial_dims == 3 else 3
+    model = _identity_model(spatial_dims, channels=channels, pick=channels // 2)
+    wrapped = make_predict_fn(model, batch_size=2)
+    seen = []
+
+    def predict_fn(batch):
+        seen.append(batch.shape[1:1 + spatial_dims])
+        return wrapped(batch)
+
+    image = np.random.default_rng(3).uniform(-2, 2, size=(20, 18, 9)).astype(np.float32)
+    probs = predict_probabilities(model, image, config=config, predict_fn=predict_fn)
+    np.testing.assert_allclose(probs, _sigmoid(image), atol=1e-5)
+    assert seen and set(seen) == {(16,) * spatial_dims}
+
+
+def test_inference_window_defaults_to_the_training_patch():
+    assert inference_window(_config(3)) == (8, 8, 8)
+    assert inference_window(_config(2)) == (8, 8)
 
 
 def test_predict_probabilities_skips_air_windows():
