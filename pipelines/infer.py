@@ -1,5 +1,5 @@
 """Inference: ``lungseg predict --model RUN_DIR --input PATH --out DIR [--probs] [--tta]
-[--threshold T] [--min-size-mm3 V] [--overwrite]``.
+[--threshold T] [--min-size-mm3 V] [--window I J K] [--overwrite]``.
 
 Per scan (`predict_volume` holds the numerical part, `predict` the files):
 
@@ -57,7 +57,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from segmentation import metrics
-from segmentation.config import Config, load_config
+from segmentation.config import Config, ConfigError, load_config
 from segmentation.io import (
     NIFTI_SUFFIXES,
     Volume,
@@ -522,8 +522,24 @@ def _written_nodule_count(path: Path) -> int | None:
     return count if isinstance(count, int) else None
 
 
+def _with_window(config: Config, window: Any, *, run: Path) -> Config:
+    """``config`` with ``inference.window`` replaced, checked against the run's model."""
+    if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or any(
+            isinstance(w, bool) or not isinstance(w, (int, np.integer)) for w in window):
+        raise InferenceError(
+            f"Expected window to be a list of integers. Received: window={window!r}"
+        )
+    try:
+        return dataclasses.replace(
+            config, inference=dataclasses.replace(config.inference, window=tuple(int(w) for w in window))
+        )
+    except ConfigError as err:
+        raise InferenceError(f"Invalid window for the run in '{run}': {err}") from err
+
+
 def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path,
-                 threshold: float, min_size_mm3: float, tta: bool, connectivity: int) -> dict:
+                 threshold: float, min_size_mm3: float, tta: bool, connectivity: int,
+                 window: list[int]) -> dict:
     return {
         "case_id": case.case_id,
         "input": str(case.path),
@@ -535,6 +551,7 @@ def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path
         "threshold": threshold,
         "min_size_mm3": min_size_mm3,
         "tta": tta,
+        "window": window,
         "connectivity": connectivity,
         "n_nodules": len(rows),
         "columns": list(NODULE_COLUMNS),
@@ -549,10 +566,13 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
     volume = _read_case(case)
     probs, mask = predict_volume(model, config, volume, tta=tta, threshold=threshold,
                                  min_size_mm3=min_size_mm3, predict_fn=predict_fn)
+    from pipelines.predictor import inference_window
+
     connectivity = config.evaluation.connectivity
     rows = nodule_table(mask, probs, affine=volume.source_affine, connectivity=connectivity)
     record = _case_record(case, volume, rows, run=run, threshold=threshold,
-                          min_size_mm3=min_size_mm3, tta=tta, connectivity=connectivity)
+                          min_size_mm3=min_size_mm3, tta=tta, connectivity=connectivity,
+                          window=list(inference_window(config)))
     _write_outputs(paths, volume=volume, probs=probs if write_probs else None, mask=mask,
                    rows=rows, record=record)
     if not write_probs and paths["probs"].exists():
@@ -566,7 +586,8 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
 def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
             threshold: float | None = None, min_size_mm3: float | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict:
+            window: Sequence[int] | None = None, overwrite: bool = False,
+            progress: bool = True) -> dict:
     """Segments one scan or a folder of scans with a trained run (``lungseg predict``).
 
     Args:
@@ -577,6 +598,8 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         tta: Mirror test-time augmentation; None uses ``inference.tta`` of the run.
         threshold: Probability threshold; None uses ``inference.threshold``.
         min_size_mm3: Remove smaller predicted components; None uses ``inference.min_size_mm3``.
+        window: Sliding window in voxels, one size per spatial axis of the model, each a
+            multiple of ``2**depth``; None uses ``inference.window`` (or the training patch).
         overwrite: Redo cases whose mask already exists (otherwise they are skipped).
         progress: Show a tqdm bar over the scans (stderr).
 
@@ -612,6 +635,8 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         min_size_mm3 = _check_min_size(min_size_mm3)
     run = _as_path(model_dir, name="model_dir")
     model, config = load_run(run)
+    if window is not None:
+        config = _with_window(config, window, run=run)
     inference = config.inference
     options = {
         "tta": inference.tta if tta is None else bool(tta),

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="mirror test-time augmentation (default: the run's inference.tta)")
     predict.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the run's)")
     predict.add_argument("--min-size-mm3", type=float, default=None, help="drop smaller components")
+    predict.add_argument("--window", type=int, nargs="+", default=None, metavar="N",
+                         help="sliding window in voxels, one size per spatial axis of the model "
+                              "(default: the run's inference.window, else its training patch)")
     predict.add_argument("--overwrite", action="store_true", help="redo cases already written")
 
     bench = commands.add_parser("bench", help="measure speed and memory")
@@ -200,6 +203,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         threshold=args.threshold,
         min_size_mm3=args.min_size_mm3,
+        window=args.window,
         overwrite=args.overwrite,
     )
     for line in result["lines"]:

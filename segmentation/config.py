@@ -272,7 +272,8 @@ class InferenceConfig:
         window: Sliding-window size in voxels (``null``: ``train.patch_size``); like the
             patch, one value per spatial axis, each a multiple of ``2**depth``. The U-Net is
             fully convolutional, so it runs on windows larger than its training patches:
-            fewer, larger forward passes and fewer overlapping voxels computed twice.
+            fewer, larger forward passes and fewer window borders (faster for 2.5D models on
+            whole slices; slower for the 3D ``cpu.yaml`` model, which skips less air: README).
     """
 
     overlap: float = 0.5

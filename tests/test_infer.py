@@ -348,6 +348,36 @@ def test_unet_run_predicts_a_nifti_file_with_every_output(unet_run, tmp_path):
     assert any(line.startswith("ok case:") for line in result["lines"])
 
 
+def test_predict_window_is_used_and_recorded(unet_run, tmp_path):
+    scan = _random_scan(tmp_path / "case_0000.nii.gz")
+    default = predict(model_dir=unet_run, input_path=scan, out_dir=tmp_path / "a", write_probs=True,
+                      progress=False)
+    wide = predict(model_dir=unet_run, input_path=scan, out_dir=tmp_path / "b", write_probs=True,
+                   window=[32, 32, 32], progress=False)
+    assert default["failed"] == wide["failed"] == 0
+    record_a = json.loads((tmp_path / "a" / "case_nodules.json").read_text())
+    record_b = json.loads((tmp_path / "b" / "case_nodules.json").read_text())
+    assert record_a["window"] == [16, 16, 16] and record_b["window"] == [32, 32, 32]
+    probs_a = np.asanyarray(nib.load(tmp_path / "a" / "case_probs.nii.gz").dataobj)
+    probs_b = np.asanyarray(nib.load(tmp_path / "b" / "case_probs.nii.gz").dataobj)
+    # same model, other windows: borders and blending differ, so the maps do too
+    assert probs_a.shape == probs_b.shape and not np.array_equal(probs_a, probs_b)
+
+
+@pytest.mark.parametrize("window, match", [
+    ([17, 16, 16], r"multiple of 2\*\*depth = 2.*\[17, 16, 16\]"),
+    ([16, 16], r"inference.window to have 3 values"),
+    ("16", r"Expected window to be a list of integers"),
+    ([16.0, 16, 16], r"Expected window to be a list of integers"),
+])
+def test_predict_rejects_a_bad_window_naming_it(unet_run, tmp_path, window, match):
+    scan = _random_scan(tmp_path / "case_0000.nii.gz")
+    with pytest.raises(InferenceError, match=match):
+        predict(model_dir=unet_run, input_path=scan, out_dir=tmp_path / "out", window=window,
+                progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_folder_with_a_corrupt_file_reports_it_and_goes_on_then_skips(unet_run, tmp_path):
     from segmentation.cli import main
 
@@ -383,6 +413,19 @@ def test_folder_with_a_corrupt_file_reports_it_and_goes_on_then_skips(unet_run, 
     assert main(["predict", "--model", str(unet_run), "--input", str(folder), "--out", str(out),
                  "--overwrite"]) == 0
     assert (out / "good_mask.nii.gz").stat().st_mtime_ns != mtime
+
+
+def test_cli_predict_window(unet_run, tmp_path, capsys):
+    from segmentation.cli import main
+
+    scan = _random_scan(tmp_path / "case_0000.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(unet_run), "--input", str(scan), "--out", str(out),
+                 "--window", "17", "16", "16"]) == 2
+    assert "inference.window" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", "--model", str(unet_run), "--input", str(scan), "--out", str(out),
+                 "--window", "24", "24", "32"]) == 0
+    assert json.loads((out / "case_nodules.json").read_text())["window"] == [24, 24, 32]
 
 
 def test_scan_with_nan_voxels_is_an_error_naming_the_file_and_writes_nothing(unet_run, tmp_path):
