@@ -8,8 +8,9 @@ Per scan (`predict_volume` holds the numerical part, `predict` the files):
 2. `segmentation.preprocessing.preprocess_volume` with the run's own ``config.preprocess``
    (the resolved ``config.yaml`` saved by training, so preprocessing cannot drift);
 3. `pipelines.predictor.predict_probabilities`: the one sliding-window wrapper (window =
-   ``inference.window`` or ``train.patch_size``, ``inference.overlap``, Gaussian importance, batched windows, air-only
-   windows skipped, optional mirror TTA), network-space probabilities;
+   ``inference.window`` or ``train.patch_size``, ``inference.overlap``, Gaussian importance,
+   batched windows, air-only windows skipped, optional mirror TTA), network-space
+   probabilities;
 4. ``Geometry.inverse(probs, order=1)``: probabilities (not labels) go back to the exact
    source grid and voxel order, then are clipped to [0, 1];
 5. threshold (``>= threshold``) and removal of connected components smaller than
@@ -218,8 +219,7 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
 
     Args:
         model: Keras model (logits out), or None when ``predict_fn`` is given.
-        config: The run config (``preprocess``, ``train.patch_size`` or ``inference.window``,
-            ``inference``,
+        config: The run config (``preprocess``, ``train.patch_size``, ``inference`` and
             ``evaluation.connectivity``).
         volume: The CT (`segmentation.io.Volume`, Hounsfield units).
         tta: Mirror test-time augmentation; None: ``config.inference.tta``.
@@ -562,12 +562,12 @@ def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path
 def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir: Path,
               write_probs: bool, tta: bool, threshold: float, min_size_mm3: float,
               predict_fn: Any) -> tuple[dict[str, Path], int]:
+    from pipelines.predictor import inference_window
+
     paths = output_paths(out_dir, case.case_id)
     volume = _read_case(case)
     probs, mask = predict_volume(model, config, volume, tta=tta, threshold=threshold,
                                  min_size_mm3=min_size_mm3, predict_fn=predict_fn)
-    from pipelines.predictor import inference_window
-
     connectivity = config.evaluation.connectivity
     rows = nodule_table(mask, probs, affine=volume.source_affine, connectivity=connectivity)
     record = _case_record(case, volume, rows, run=run, threshold=threshold,
