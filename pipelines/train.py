@@ -71,6 +71,10 @@ import scipy.ndimage as ndi
 import tensorflow as tf
 import yaml
 
+# Importing ``losses`` registers lungseg's losses and loss callbacks with Keras, so that
+# ``keras.saving.load_model`` can rebuild a compiled checkpoint in a fresh process (resume).
+from losses import component_metrics, get_loss, loss_callbacks
+from models.unet import build_unet
 from segmentation.config import Config, config_to_dict, load_config, save_config
 
 __all__ = [
@@ -433,8 +437,6 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def build_model(config: Config) -> keras.Model:
     """The U-Net of ``config.model`` with dynamic spatial dims (seeded by ``train.seed``)."""
-    from models.unet import build_unet
-
     m = config.model
     return build_unet(
         m.spatial_dims,
@@ -532,8 +534,6 @@ def make_optimizer(config: Config, *, total_steps: int) -> keras.optimizers.Opti
 
 
 def _make_loss(config: Config):
-    from losses import get_loss
-
     spec = dict(config.loss)
     if config.train.debug:
         spec["debug"] = True
@@ -541,10 +541,6 @@ def _make_loss(config: Config):
 
 
 def _component_metrics(loss) -> list:
-    try:
-        from losses import component_metrics
-    except ImportError:  # pragma: no cover - depends on the losses package
-        return []
     return list(component_metrics(loss))
 
 
@@ -1226,8 +1222,6 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
 
 def _loss_callbacks(model: keras.Model) -> list:
     """The losses package's callbacks (weight schedules, learned weights, debug step)."""
-    from losses import loss_callbacks
-
     loss = model.loss[0] if isinstance(model.loss, (list, tuple)) else model.loss
     return list(loss_callbacks(loss))
 
