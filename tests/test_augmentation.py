@@ -101,7 +101,11 @@ def test_3d_affine_is_identical_on_every_axial_slice():
         out_image, out_mask = aug(image, mask, seed)
         changed += not np.array_equal(out_mask[:, :, 0], mask[:, :, 0])
         for k in range(1, mask.shape[2]):
-            np.testing.assert_array_equal(out_image[:, :, k], out_image[:, :, 0])
+            # OpenCV warps the slices as channels, some in SIMD lanes and some in its scalar
+            # tail, so an interpolated voxel may differ by a rounding step (opencv 5.1: one
+            # voxel of 256 by 3e-8, half an ulp at 0.5). Identity holds to 2 float32 ulps; the
+            # nearest-neighbour mask is exact.
+            np.testing.assert_array_max_ulp(out_image[:, :, k], out_image[:, :, 0], maxulp=2)
             np.testing.assert_array_equal(out_mask[:, :, k], out_mask[:, :, 0])
     assert changed >= 8
 
