@@ -59,6 +59,7 @@ import scipy.ndimage as ndi
 
 from segmentation import metrics
 from segmentation.config import Config, ConfigError, load_config
+from segmentation.console import progress_bar
 from segmentation.io import (
     NIFTI_SUFFIXES,
     Volume,
@@ -614,8 +615,6 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             single-scan input (a file or a DICOM folder) is unusable (names the file); in a
             folder of scans such errors are reported per case instead.
     """
-    from tqdm import tqdm
-
     from pipelines.predictor import make_predict_fn
 
     cases = find_inputs(input_path)
@@ -645,7 +644,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
     }
     predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
     records, lines = [], []
-    for case in tqdm(cases, desc="predict", unit="scan", disable=not progress):
+    for case in progress_bar(cases, enabled=progress, desc="predict", unit="scan"):
         record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
                   "n_nodules": None, "seconds": 0.0, "error": None}
         paths = output_paths(out, case.case_id)

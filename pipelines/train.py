@@ -76,6 +76,7 @@ import yaml
 from losses import component_metrics, get_loss, loss_callbacks
 from models.unet import build_unet
 from segmentation.config import Config, config_to_dict, load_config, save_config
+from segmentation.console import keras_verbose, progress_bar
 
 __all__ = [
     "TrainingError",
@@ -274,11 +275,7 @@ def _resolve_ct_stats(config: Config, train_cases: Sequence, progress: bool) -> 
 
 
 def _progress(items: Sequence, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="case", leave=False)
+    return progress_bar(items, enabled=enabled, desc=desc, unit="case", leave=False)
 
 
 def _cache_cases(cases: Sequence, *, config: Config, cache_dir: Path, progress: bool) -> list:
@@ -1202,7 +1199,7 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
                 initial_epoch=initial_epoch,
                 steps_per_epoch=cfg.steps_per_epoch,
                 callbacks=all_callbacks,
-                verbose=1 if progress else 0,
+                verbose=keras_verbose(progress),
                 shuffle=False,
             )
         except tf.errors.InvalidArgumentError as error:

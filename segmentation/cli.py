@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from segmentation.tf_env import configure_process, import_tensorflow
+
 __all__ = ["main", "build_parser"]
 
 _EXIT_OK, _EXIT_PARTIAL, _EXIT_BAD_INPUT = 0, 1, 2
+_TENSORFLOW_COMMANDS = ("demo", "train", "predict", "bench", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,13 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``lungseg``; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_process()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command in _TENSORFLOW_COMMANDS:
+            import_tensorflow()  # before the pipelines load it: no CUDA probe noise on CPUs
         return _COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         print(f"lungseg {args.command}: error: {error}", file=sys.stderr)

@@ -10,23 +10,53 @@ off, and the 3D U-Net's training step of ``configs/cpu.yaml`` is 4.3x slower (2.
 Every package that imports TensorFlow (``models``, ``losses``, ``pipelines``) calls it first;
 the CLI reaches TensorFlow only through them. It has no effect once TensorFlow is imported; a
 program that imports TensorFlow itself before lungseg sets the variable itself.
+
+Quiet start on CPUs. TensorFlow 2.21 writes its first log lines before its C++ logging reads
+``TF_CPP_MIN_LOG_LEVEL`` (``I0000 ... port.cc`` oneDNN notice, ``cudart_stub.cc: Could not find
+cuda drivers``), and on a machine without an NVIDIA driver its CUDA probe logs an *error*
+(``failed call to cuInit: ... UNKNOWN ERROR (303)``) into every command's output. The CLI calls
+`configure_process` (log level 1 unless the user chose one: warnings and errors stay) and then
+`import_tensorflow`, which imports TensorFlow and enumerates its devices with the process's
+standard error captured, and writes back what is left after `filter_startup_log`: the level
+applied to the early lines, and the CUDA probe's lines dropped where no NVIDIA driver exists.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
+import tempfile
 import warnings
+from pathlib import Path
+from types import ModuleType
 
-__all__ = ["ONEDNN_VARIABLE", "cpu_flags", "onednn_on_by_default", "prefer_onednn"]
+__all__ = [
+    "DEFAULT_LOG_LEVEL", "LOG_LEVEL_VARIABLE", "ONEDNN_VARIABLE", "configure_process", "cpu_flags",
+    "filter_startup_log", "import_tensorflow", "nvidia_driver_present", "onednn_on_by_default",
+    "prefer_onednn",
+]
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+DEFAULT_LOG_LEVEL = "1"
+"""TensorFlow's C++ log level set by `configure_process`: INFO hidden, warnings and errors kept."""
+
+# Lines of TensorFlow's start that probe for CUDA: noise where no NVIDIA driver exists.
+_CUDA_PROBE = re.compile(
+    r"cuInit|cudart_stub\.cc|Could not find cuda drivers|Unable to register cu(DNN|FFT|BLAS) "
+    r"factory|Could not find TensorRT|TF-TRT Warning|computation placer already registered"
+)
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} ")  # absl / glog prefix: severity, then MMDD
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 
 
 # CPU features with which TensorFlow's x86 wheels turn oneDNN on by themselves.
 _ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
 _warned = False
+_log_level_set_here = False
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
@@ -81,3 +111,87 @@ def prefer_onednn() -> bool:
         return False
     os.environ[ONEDNN_VARIABLE] = "1"
     return True
+
+
+def configure_process() -> None:
+    """The process settings the CLI makes before TensorFlow loads (the one place it does).
+
+    oneDNN as in `prefer_onednn`, and ``TF_CPP_MIN_LOG_LEVEL`` = `DEFAULT_LOG_LEVEL` unless the
+    environment already sets it.
+    """
+    global _log_level_set_here
+    prefer_onednn()
+    if LOG_LEVEL_VARIABLE not in os.environ:
+        os.environ[LOG_LEVEL_VARIABLE] = DEFAULT_LOG_LEVEL
+        _log_level_set_here = True
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA kernel driver (the CUDA probe can succeed)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
+def filter_startup_log(text: str, *, min_log_level: int, drop_cuda_probe: bool) -> str:
+    """What TensorFlow's start wrote to standard error, less the lines to hide.
+
+    Args:
+        text: The captured standard error.
+        min_log_level: Lines of lower severity (I=0, W=1, E=2, F=3) are dropped, with the
+            continuation lines that follow them; also absl's preamble about early messages.
+        drop_cuda_probe: Drop the CUDA probe's lines whatever their severity (a machine
+            without an NVIDIA driver: the probe cannot succeed, its error says nothing).
+
+    Returns:
+        The kept lines, each with its newline.
+    """
+    kept: list[str] = []
+    dropping = False
+    for line in text.splitlines(keepends=True):
+        match = _LOG_LINE.match(line)
+        if match:
+            dropping = (_SEVERITY[match.group(1)] < min_log_level
+                        or (drop_cuda_probe and bool(_CUDA_PROBE.search(line))))
+        elif line.rstrip("\n") == _ABSL_PREAMBLE:
+            dropping = min_log_level > 0
+        elif drop_cuda_probe and _CUDA_PROBE.search(line):
+            dropping = True
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
+
+
+def import_tensorflow() -> ModuleType:
+    """Imports TensorFlow and lists its devices, keeping the CUDA probe's noise out of stderr.
+
+    Standard error (file descriptor 2) is captured while TensorFlow loads and enumerates its
+    devices, then what `filter_startup_log` keeps is written to it. Only when
+    `configure_process` chose the log level: a user who set ``TF_CPP_MIN_LOG_LEVEL`` sees
+    TensorFlow's own output. A no-op returning the module when TensorFlow is loaded.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    if not _log_level_set_here:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        return tf
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            kept = filter_startup_log(text, min_log_level=int(DEFAULT_LOG_LEVEL),
+                                      drop_cuda_probe=not nvidia_driver_present())
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+    return tf

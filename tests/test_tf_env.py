@@ -1,14 +1,24 @@
-"""Tests of segmentation.tf_env (oneDNN preference set before TensorFlow is imported)."""
+"""Tests of segmentation.tf_env: oneDNN and the log level chosen before TensorFlow loads, and a
+start without CUDA probe noise on CPUs (in fresh interpreters, as the CLI meets them)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from segmentation.tf_env import ONEDNN_VARIABLE, cpu_flags, onednn_on_by_default, prefer_onednn
+from segmentation.tf_env import (
+    DEFAULT_LOG_LEVEL,
+    LOG_LEVEL_VARIABLE,
+    ONEDNN_VARIABLE,
+    cpu_flags,
+    filter_startup_log,
+    onednn_on_by_default,
+    prefer_onednn,
+)
 
 
 def _run_fresh_python(code: str, env_value: str | None) -> subprocess.CompletedProcess:
@@ -81,3 +91,81 @@ def test_no_warning_when_the_user_chose():
     code = "import warnings\nwarnings.simplefilter('always')\nimport tensorflow\nimport pipelines\nprint('ok')"
     result = _run_fresh_python(code, "0")
     assert "TensorFlow was imported before lungseg" not in result.stderr
+
+
+# --------------------------------------------------------------------------- quiet start
+
+_TF_VARIABLES = (ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE)
+
+
+def _fresh(code: str, **env_values: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in _TF_VARIABLES}
+    env.update(env_values)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True, timeout=300)
+
+
+def test_configure_process_sets_defaults_in_a_fresh_interpreter():
+    code = ("import os\nfrom segmentation.tf_env import configure_process\nconfigure_process()\n"
+            f"print(os.environ['{ONEDNN_VARIABLE}'], os.environ['{LOG_LEVEL_VARIABLE}'])")
+    assert _fresh(code).stdout.split() == ["1", DEFAULT_LOG_LEVEL]
+
+
+def test_configure_process_keeps_the_users_log_level():
+    code = ("import os\nfrom segmentation.tf_env import configure_process\nconfigure_process()\n"
+            f"print(os.environ['{LOG_LEVEL_VARIABLE}'])")
+    assert _fresh(code, **{LOG_LEVEL_VARIABLE: "0"}).stdout.split() == ["0"]
+
+
+@pytest.mark.slow
+def test_import_tensorflow_writes_no_cuda_probe_error_or_info_lines():
+    code = ("from segmentation.tf_env import configure_process, import_tensorflow\n"
+            "configure_process()\ntf = import_tensorflow()\nprint(tf.__name__)")
+    done = _fresh(code)
+    assert done.stdout.split() == ["tensorflow"]
+    assert "cuInit" not in done.stderr
+    assert not re.search(r"^I\d{4} ", done.stderr, flags=re.M), done.stderr
+
+
+@pytest.mark.slow
+def test_a_users_log_level_gets_tensorflows_own_output():
+    code = ("from segmentation.tf_env import configure_process, import_tensorflow\n"
+            "configure_process()\nimport_tensorflow()")
+    done = _fresh(code, **{LOG_LEVEL_VARIABLE: "0"})
+    assert re.search(r"^I\d{4} ", done.stderr, flags=re.M), done.stderr  # nothing filtered
+
+
+_STARTUP = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1.1 1 port.cc:153] oneDNN custom operations are on.\n"
+    "I0000 00:00:1.2 1 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.\n"
+    "To enable the following instructions: AVX2, in other operations, rebuild.\n"
+    "I0000 00:00:1.3 1 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n"
+    "W0000 00:00:1.4 1 some.cc:1] A real warning.\n"
+    "E0000 00:00:1.5 1 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
+    "E0000 00:00:1.6 1 other.cc:9] A real error.\n"
+    "  with a second line\n"
+)
+
+
+def test_filter_startup_log_drops_info_and_the_cuda_probe_keeps_warnings_and_errors():
+    kept = filter_startup_log(_STARTUP, min_log_level=1, drop_cuda_probe=True)
+    assert kept == ("W0000 00:00:1.4 1 some.cc:1] A real warning.\n"
+                    "E0000 00:00:1.6 1 other.cc:9] A real error.\n"
+                    "  with a second line\n")
+
+
+def test_filter_startup_log_keeps_the_probe_error_where_a_driver_exists():
+    kept = filter_startup_log(_STARTUP, min_log_level=1, drop_cuda_probe=False)
+    assert "failed call to cuInit" in kept
+    assert "cudart_stub" not in kept  # an INFO line, below the level
+
+
+def test_filter_startup_log_at_level_zero_keeps_everything_but_the_probe():
+    kept = filter_startup_log(_STARTUP, min_log_level=0, drop_cuda_probe=True)
+    assert "AVX2" in kept and "oneDNN" in kept and "InitializeLog" in kept
+    assert "cuInit" not in kept and "cudart_stub" not in kept
+
+
+def test_filter_startup_log_of_nothing_is_nothing():
+    assert filter_startup_log("", min_log_level=1, drop_cuda_probe=True) == ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,19 @@ def reference_run(cli_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "run"
     done = _lungseg(_train_args(cli_data, out))
     assert done.returncode == 0, done.stderr
+    (out.parent / "stdout.txt").write_text(done.stdout)
+    (out.parent / "stderr.txt").write_text(done.stderr)
     return out
+
+
+def test_output_to_a_file_has_one_line_per_epoch_and_no_cuda_probe(reference_run):
+    stdout = (reference_run.parent / "stdout.txt").read_text()
+    stderr = (reference_run.parent / "stderr.txt").read_text()
+    assert "cuInit" not in stderr and "cudart_stub" not in stderr, stderr
+    assert "\r" not in stdout and "\u2501" not in stdout  # no interactive bar (carriage returns, bar glyphs)
+    epochs = re.findall(r"^Epoch (\d+)/3$", stdout, flags=re.M)
+    steps = re.findall(r"^12/12 - .*loss: ", stdout, flags=re.M)
+    assert epochs == ["1", "2", "3"] and len(steps) == 3, stdout
 
 
 def test_kill_inside_an_epoch_then_resume_from_the_command_line(cli_data, reference_run, tmp_path):
