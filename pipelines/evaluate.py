@@ -379,9 +379,9 @@ def _evaluate_pair(pair: dict, options: dict,
 def _join_nodules(nodule_rows: list, truth: Volume, result: metrics.CaseResult,
                   connectivity: int) -> nodule_attributes.CaseJoin:
     """Joins the case's table rows to its truth lesions, labelled as evaluate_case did."""
-    labels, _ = metrics.label_components(truth.array.astype(bool), connectivity=connectivity)
-    join = nodule_attributes.join_case(nodule_rows, labels=labels, lesions=result.lesions,
-                                       affine=truth.affine)
+    join = nodule_attributes.join_mask(nodule_rows, mask_true=truth.array.astype(bool),
+                                       lesions=result.lesions, affine=truth.affine,
+                                       connectivity=connectivity)
     for entry in join.unmatched:
         logger.warning("case '%s': nodule table %s (centre %s mm RAS) matches no truth "
                        "lesion: %s", result.case_id, entry["row"],
@@ -394,37 +394,13 @@ def _attribute_summary(table: nodule_attributes.NoduleTable | None, rows: list[d
     """(``recall_by_attribute``, ``nodule_table``) of summary.json; (None, None) without."""
     if table is None:
         return None, None
-    lesions, unmatched, how, without_row = [], [], [], 0
-    for row, result in zip(rows, results):
-        join = row["nodule_join"]
-        for lesion in result.lesions:
-            match = join.by_lesion.get(lesion["id"])
-            without_row += match is None
-            how.append(None if match is None else match["how"])
-            lesions.append({"detected": lesion["detected"],
-                            "attributes": {} if match is None else match["row"].attributes})
-        unmatched += join.unmatched
-    by_attribute = nodule_attributes.recall_by_attribute(
-        lesions, attribute_names=table.attribute_names)
-    n_evaluated = sum(len(row["nodule_join"].by_lesion) for row in rows) + len(unmatched)
-    if unmatched:
+    by_attribute, info = nodule_attributes.summarize_joins(
+        table, results, [row["nodule_join"] for row in rows])
+    if info["n_unmatched"]:
         logger.warning("%d of %d nodule table rows of the evaluated cases match no truth "
-                       "lesion (summary.json: nodule_table.unmatched)", len(unmatched),
-                       n_evaluated)
-    return by_attribute, {
-        "file": table.path,
-        "format": table.format,
-        "attributes": list(table.attribute_names),
-        "skipped_attributes": [a for a in table.attribute_names if a not in by_attribute],
-        "n_rows": len(table.rows),
-        "n_rows_evaluated": n_evaluated,
-        "n_rows_other_cases": len(table.rows) - n_evaluated,
-        "n_matched_inside": how.count("inside"),
-        "n_matched_near": how.count("near"),
-        "n_unmatched": len(unmatched),
-        "n_lesions_without_row": without_row,
-        "unmatched": unmatched,
-    }
+                       "lesion (summary.json: nodule_table.unmatched)", info["n_unmatched"],
+                       info["n_rows_evaluated"])
+    return by_attribute, info
 
 
 # --------------------------------------------------------------------------- writing

@@ -55,7 +55,9 @@ __all__ = [
     "parse_nodules_json",
     "rows_by_case",
     "join_case",
+    "join_mask",
     "recall_by_attribute",
+    "summarize_joins",
     "find_dataset_nodule_table",
 ]
 
@@ -474,6 +476,24 @@ def _unmatched(row: NoduleRow, reason: str) -> dict:
             "centre_ras_mm": [float(c) for c in row.centre_ras_mm], "reason": reason}
 
 
+def join_mask(rows: Sequence[NoduleRow], *, mask_true: Any, lesions: Sequence[Mapping],
+              affine: Any, connectivity: int = 26) -> CaseJoin:
+    """:func:`join_case` on a truth mask, labelled as ``segmentation.metrics.evaluate_case``
+    labels it (same connectivity, so the lesion ids of its ``CaseResult.lesions`` apply).
+
+    Args:
+        rows: the case's NoduleRow objects.
+        mask_true: bool ndarray (I, J, K), the truth mask given to ``evaluate_case``.
+        lesions: ``CaseResult.lesions`` of that call.
+        affine: the (4, 4) voxel -> world matrix given to ``evaluate_case``.
+        connectivity: the connectivity given to ``evaluate_case``.
+    """
+    from segmentation.metrics import label_components
+
+    labels, _ = label_components(mask_true, connectivity=connectivity)
+    return join_case(rows, labels=labels, lesions=lesions, affine=affine)
+
+
 # --------------------------------------------------------------------------- recall
 def recall_by_attribute(lesions: Sequence[Mapping], *, attribute_names: Sequence[str],
                         max_values: int = MAX_ATTRIBUTE_VALUES) -> dict:
@@ -508,3 +528,48 @@ def recall_by_attribute(lesions: Sequence[Mapping], *, attribute_names: Sequence
         out[name] = {value: {"recall": detected / count, "count": count, "detected": detected}
                      for value, (count, detected) in sorted(counts.items())}
     return out
+
+
+def summarize_joins(table: NoduleTable, results: Sequence[Any],
+                    joins: Sequence[CaseJoin]) -> tuple[dict, dict]:
+    """Pools the joins of the evaluated scans.
+
+    Args:
+        table: the nodule table.
+        results: ``segmentation.metrics.CaseResult`` per scan (``lesions`` with ``id`` and
+            ``detected``).
+        joins: the CaseJoin of each scan, in the same order.
+
+    Returns:
+        ``(recall_by_attribute, info)``: see :func:`recall_by_attribute`; ``info`` holds
+        ``file, format, attributes, skipped_attributes, n_rows, n_rows_evaluated,
+        n_rows_other_cases, n_matched_inside, n_matched_near, n_unmatched,
+        n_lesions_without_row`` and ``unmatched`` (every unmatched row, see CaseJoin).
+    """
+    if len(results) != len(joins):
+        raise ValueError(f"Expected one join per result. Received: {len(results)} results "
+                         f"and {len(joins)} joins")
+    lesions, unmatched, how = [], [], []
+    for result, join in zip(results, joins):
+        for lesion in result.lesions:
+            match = join.by_lesion.get(lesion["id"])
+            how.append(None if match is None else match["how"])
+            lesions.append({"detected": lesion["detected"],
+                            "attributes": {} if match is None else match["row"].attributes})
+        unmatched += join.unmatched
+    by_attribute = recall_by_attribute(lesions, attribute_names=table.attribute_names)
+    n_evaluated = sum(len(join.by_lesion) for join in joins) + len(unmatched)
+    return by_attribute, {
+        "file": table.path,
+        "format": table.format,
+        "attributes": list(table.attribute_names),
+        "skipped_attributes": [a for a in table.attribute_names if a not in by_attribute],
+        "n_rows": len(table.rows),
+        "n_rows_evaluated": n_evaluated,
+        "n_rows_other_cases": len(table.rows) - n_evaluated,
+        "n_matched_inside": how.count("inside"),
+        "n_matched_near": how.count("near"),
+        "n_unmatched": len(unmatched),
+        "n_lesions_without_row": how.count(None),
+        "unmatched": unmatched,
+    }
