@@ -9,11 +9,13 @@ from segmentation.nodule_attributes import (
     NoduleRow,
     find_dataset_nodule_table,
     join_case,
+    join_mask,
     parse_nodule_csv,
     parse_nodules_json,
     read_nodule_table,
     recall_by_attribute,
     rows_by_case,
+    summarize_joins,
 )
 
 SHAPE = (8, 20, 8)
@@ -315,3 +317,31 @@ def test_recall_by_attribute_leaves_out_attributes_with_too_many_values():
 
 def test_recall_by_attribute_without_lesions_is_empty_per_attribute():
     assert recall_by_attribute([], attribute_names=["kind"]) == {"kind": {}}
+
+
+# --------------------------------------------------------------------------- with evaluate_case
+def test_join_mask_and_summarize_joins_follow_evaluate_case():
+    affine = AFFINES["flipped"]
+    truth = _cubes()
+    pred = np.zeros(SHAPE, dtype=bool)
+    pred[2:4, 8:10, 2:4] = True                                 # finds lesion 2 only
+    result = metrics.evaluate_case(truth, pred, spacing_mm=(1, 1, 1), affine=affine,
+                                   case_id="c")
+    table = parse_nodule_csv(
+        "case_id,x_mm,y_mm,z_mm,kind\n"
+        "c,{},{},{},solid\n".format(*_world(affine, (3, 3, 3)))
+        + "c,{},{},{},ground_glass\n".format(*_world(affine, (3, 9, 3)))
+        + "c,{},{},{},solid\n".format(*_world(affine, (3, 30, 3))), path="t.csv")
+    join = join_mask(table.rows, mask_true=truth, lesions=result.lesions, affine=affine)
+    empty = join_mask([], mask_true=np.zeros(SHAPE, bool), lesions=[], affine=affine)
+    other = metrics.evaluate_case(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool),
+                                  spacing_mm=(1, 1, 1), affine=affine, case_id="d")
+    by_attribute, info = summarize_joins(table, [result, other], [join, empty])
+    assert by_attribute == {"kind": {
+        "ground_glass": {"recall": 1.0, "count": 1, "detected": 1},
+        "solid": {"recall": 0.0, "count": 1, "detected": 0}}}
+    assert (info["n_rows"], info["n_rows_evaluated"], info["n_matched_inside"],
+            info["n_unmatched"], info["n_lesions_without_row"]) == (3, 3, 2, 1, 0)
+    assert info["unmatched"][0]["row"] == "row 4"
+    with pytest.raises(ValueError, match="one join per result"):
+        summarize_joins(table, [result], [])

@@ -516,3 +516,10 @@ def test_dataset_without_nodule_table_validates_without_attributes(tiny_data, tm
     prepared = prepare_data(_config(), data_dir=tiny_data, run_dir=tmp_path / "run",
                             progress=False)
     assert prepared.nodule_table is None
+
+
+def test_unreadable_dataset_nodule_table_is_left_out_with_a_warning(tmp_path, caplog):
+    (tmp_path / "nodules.json").write_text('{"nodules": [{"case_id": "a", "centre_mm": [1]}]}')
+    with caplog.at_level("WARNING", logger="pipelines.train"):
+        assert train_mod._dataset_nodule_table(tmp_path) is None
+    assert "nodules.json" in caplog.text and "centre_mm" in caplog.text
