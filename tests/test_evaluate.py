@@ -398,3 +398,30 @@ def test_cli_evaluate_nodules_on_two_pairs(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "out2")]) == 2
     err = capsys.readouterr().err
     assert str(table) in err and "row 2" in err and "'y_mm'" in err
+
+
+def test_phantom_nodules_json_joins_every_nodule_to_its_own_lesion(tmp_path):
+    # phantom scans are stored in random orientations; nodules.json centres are world RAS mm
+    from segmentation.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", n_cases=1, n_test=3, seed=11,
+                                 size=(48, 48, 32), spacing_mm=(2.5, 2.5, 3.0))
+    doc = json.loads((data / "nodules.json").read_text())
+    n_test = sum(n["case_id"].startswith("phantom_test_") for n in doc["nodules"])
+    summary = evaluate(pred_dir=data / "labelsTs", truth_dir=data / "labelsTs",
+                       out_dir=tmp_path / "report", nodules=data / "nodules.json")
+    info = summary["nodule_table"]
+    assert n_test >= 2 and summary["n_lesions"] == n_test
+    assert (info["n_rows_evaluated"], info["n_unmatched"], info["n_lesions_without_row"]) == (
+        n_test, 0, 0)
+    assert info["n_rows_other_cases"] == len(doc["nodules"]) - n_test
+    kinds = summary["recall_by_attribute"]["kind"]
+    assert sum(v["count"] for v in kinds.values()) == n_test
+    assert all(v["recall"] == 1.0 for v in kinds.values())
+    rows = [r for r in _read_csv(tmp_path / "report" / "lesions.csv") if r["kind"] == "lesion"]
+    for r in rows:  # each lesion carries the kind of the nodule whose centre it holds
+        index = int(r["nodule_row"].split("nodules[")[1].rstrip("])"))
+        nodule = doc["nodules"][index]
+        assert nodule["case_id"] == r["case_id"] and r["attr_kind"] == nodule["kind"]
+        assert [float(r[f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx(
+            nodule["centre_mm"], abs=0.01)
