@@ -4,12 +4,14 @@ Pairs predicted masks with ground-truth masks by case id, aligns each pair's geo
 explicitly, runs :func:`segmentation.metrics.evaluate_case` per scan and
 :func:`segmentation.metrics.summarize` over the scans, and writes a report folder:
 ``cases.csv``, ``lesions.csv``, ``summary.json``, ``froc.png``, ``recall_by_size.png`` and
-``report.md``. With a nodule table (``nodules=``, ``lungseg evaluate --nodules``; see
+``report.md``. Every file is written atomically; ``summary.json`` is written last, and a folder
+that already holds one is never overwritten without ``overwrite=True``.
+
+With a nodule attribute table (``nodules=``, ``lungseg evaluate --nodules``; see
 :mod:`segmentation.nodule_attributes`) each truth lesion gets its row's attributes
 (``lesions.csv`` columns ``nodule_row``, ``nodule_match``, ``nodule_distance_mm`` and
-``attr_<name>``), ``summary.json`` gets ``recall_by_attribute`` and ``nodule_table`` (the join's
-counts and every unmatched row), and ``report.md`` a table per attribute. Every file is written atomically; ``summary.json`` is written last, and a folder
-that already holds one is never overwritten without ``overwrite=True``.
+``attr_<name>``), ``summary.json`` gets ``recall_by_attribute`` and ``nodule_attributes`` (the
+join's counts and every unmatched row), and ``report.md`` a table per attribute.
 
 File naming:
     * truth: ``{case}.nii.gz`` / ``{case}.nii`` (a trailing ``_0000`` is dropped);
@@ -283,7 +285,7 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
     Returns:
         The ``summary.json`` content (JSON-safe dict; see ``segmentation.metrics.summarize``),
         plus ``missing_predictions``, ``resampled_cases``, ``recall_by_attribute`` and
-        ``nodule_table`` (None without ``nodules``), ``inputs`` and ``out_dir``.
+        ``nodule_attributes`` (None without ``nodules``), ``inputs`` and ``out_dir``.
 
     Raises:
         EvaluationError: bad folders, duplicate/unpaired files, incompatible geometry,
@@ -324,7 +326,7 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
                                 size_bins_mm=size_bins_mm)
     summary["missing_predictions"] = [r["case_id"] for r in rows if r["prediction_missing"]]
     summary["resampled_cases"] = [r["case_id"] for r in rows if r["alignment"] == "resampled"]
-    summary["recall_by_attribute"], summary["nodule_table"] = _attribute_summary(
+    summary["recall_by_attribute"], summary["nodule_attributes"] = _attribute_summary(
         table, rows, results)
     summary["inputs"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir),
                          "probs_dir": None if probs_dir is None else str(probs_dir),
@@ -383,7 +385,7 @@ def _join_nodules(nodule_rows: list, truth: Volume, result: metrics.CaseResult,
                                        lesions=result.lesions, affine=truth.affine,
                                        connectivity=connectivity)
     for entry in join.unmatched:
-        logger.warning("case '%s': nodule table %s (centre %s mm RAS) matches no truth "
+        logger.warning("case '%s': nodule attribute table %s (centre %s mm RAS) matches no truth "
                        "lesion: %s", result.case_id, entry["row"],
                        [round(c, 1) for c in entry["centre_ras_mm"]], entry["reason"])
     return join
@@ -391,14 +393,14 @@ def _join_nodules(nodule_rows: list, truth: Volume, result: metrics.CaseResult,
 
 def _attribute_summary(table: nodule_attributes.NoduleTable | None, rows: list[dict],
                        results: list[metrics.CaseResult]) -> tuple[dict | None, dict | None]:
-    """(``recall_by_attribute``, ``nodule_table``) of summary.json; (None, None) without."""
+    """(``recall_by_attribute``, ``nodule_attributes``) of summary.json; (None, None) without."""
     if table is None:
         return None, None
     by_attribute, info = nodule_attributes.summarize_joins(
         table, results, [row["nodule_join"] for row in rows])
     if info["n_unmatched"]:
-        logger.warning("%d of %d nodule table rows of the evaluated cases match no truth "
-                       "lesion (summary.json: nodule_table.unmatched)", info["n_unmatched"],
+        logger.warning("%d of %d nodule attribute table rows of the evaluated cases match no truth "
+                       "lesion (summary.json: nodule_attributes.unmatched)", info["n_unmatched"],
                        info["n_rows_evaluated"])
     return by_attribute, info
 
@@ -625,10 +627,10 @@ def _report_md(summary: dict, rows: list[dict], results: list[metrics.CaseResult
 
 def _attribute_lines(summary: dict) -> list[str]:
     """report.md section of the nodule table (none without one)."""
-    info = summary.get("nodule_table")
+    info = summary.get("nodule_attributes")
     if info is None:
         return []
-    lines = ["", "## Lesion recall by attribute (nodule table)", "",
+    lines = ["", "## Lesion recall by attribute (nodule attribute table)", "",
              f"Table `{info['file']}` ({info['format']}): {info['n_rows_evaluated']} rows of the "
              f"evaluated cases, {info['n_matched_inside']} joined inside a lesion, "
              f"{info['n_matched_near']} near one, {info['n_unmatched']} unmatched; "

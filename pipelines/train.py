@@ -604,7 +604,7 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
 
     Returns:
         The `segmentation.metrics.summarize` dict (plus ``val_time_s``, and with
-        ``prepared.nodule_table`` also ``recall_by_attribute`` and ``nodule_table``, as in
+        ``prepared.nodule_table`` also ``recall_by_attribute`` and ``nodule_attributes``, as in
         ``lungseg evaluate --nodules``); with ``return_first_probs`` a tuple ``(summary, probs)``.
     """
     from pipelines.predictor import (lung_filter, make_predict_fn, predict_probabilities,
@@ -641,7 +641,7 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
                            mask_true=case.label(), lesions=result.lesions,
                            affine=case.geometry.source_affine, connectivity=ev.connectivity)
                  for case, result in zip(cases, results)]
-        summary["recall_by_attribute"], summary["nodule_table"] = summarize_joins(
+        summary["recall_by_attribute"], summary["nodule_attributes"] = summarize_joins(
             table, results, joins)
     summary["val_time_s"] = time.perf_counter() - start
     return (summary, first) if return_first_probs else summary

@@ -1,6 +1,6 @@
 """Per-lesion attribute tables (nodule kind, location, texture, ...) joined to truth lesions.
 
-A nodule table lists one nodule per row: a case id, a world-mm centre and any categorical
+A nodule attribute table lists one nodule per row: a case id, a world-mm centre and any categorical
 attributes. Two formats are read:
 
 * the phantom's ``nodules.json`` (``segmentation.phantom.write_phantom_dataset``): entries of
@@ -126,7 +126,7 @@ class CaseJoin:
 
 # --------------------------------------------------------------------------- parsing
 def _where(path: str, row: str, column: str) -> str:
-    return f"nodule table '{path}' {row}, column '{column}'"
+    return f"nodule attribute table '{path}' {row}, column '{column}'"
 
 
 def _check_frame(frame: Any, *, name: str = "frame") -> str:
@@ -226,7 +226,7 @@ def _json_frame(doc: Mapping, frame: str | None, path: str) -> str:
         frame = _check_frame(frame)
         if declared is not None and frame != declared:
             raise ValueError(
-                f"Expected frame to agree with the coordinate_system of nodule table '{path}'. "
+                f"Expected frame to agree with the coordinate_system of nodule attribute table '{path}'. "
                 f"Received: frame='{frame}', coordinate_system={doc['coordinate_system']!r}")
         return frame
     return declared or "ras"
@@ -262,7 +262,7 @@ def parse_nodules_json(doc: Any, *, path: str | os.PathLike = "<json>",
     path = str(path)
     if not isinstance(doc, Mapping) or not isinstance(doc.get("nodules"), list):
         raise ValueError(
-            f"Expected a JSON object with a 'nodules' list in nodule table '{path}'. "
+            f"Expected a JSON object with a 'nodules' list in nodule attribute table '{path}'. "
             f"Received: {type(doc).__name__}"
             f"{' without a nodules list' if isinstance(doc, Mapping) else ''}")
     frame = _json_frame(doc, frame, path)
@@ -279,7 +279,7 @@ def parse_nodules_json(doc: Any, *, path: str | os.PathLike = "<json>",
     for i, entry in enumerate(entries):
         row = f"row {i + 1} (nodules[{i}])"
         if not isinstance(entry, Mapping):
-            raise ValueError(f"Expected an object in nodule table '{path}' {row}. "
+            raise ValueError(f"Expected an object in nodule attribute table '{path}' {row}. "
                              f"Received: {type(entry).__name__}")
         case_id = entry.get("case_id")
         if not isinstance(case_id, str) or not case_id.strip():
@@ -318,17 +318,17 @@ def read_nodule_table(path: str | os.PathLike, *, frame: str | None = None) -> N
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"Expected an existing nodule table file. Received: '{file}'")
+        raise FileNotFoundError(f"Expected an existing nodule attribute table file. Received: '{file}'")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ValueError(f"Expected a UTF-8 text file. Received: nodule table '{file}' "
+        raise ValueError(f"Expected a UTF-8 text file. Received: nodule attribute table '{file}' "
                          f"({error})") from error
     if file.suffix.lower() == ".json":
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"Expected valid JSON in nodule table '{file}'. Received: "
+            raise ValueError(f"Expected valid JSON in nodule attribute table '{file}'. Received: "
                              f"{error.msg} at line {error.lineno}") from error
         return parse_nodules_json(doc, path=file, frame=frame)
     return parse_nodule_csv(text, path=file, frame=frame)
@@ -355,14 +355,14 @@ def rows_by_case(table: NoduleTable, case_ids: Sequence[str]) -> dict[str, list[
     out: dict[str, list[NoduleRow]] = {case_id: [] for case_id in case_ids}
     if table.declared_cases is not None and known and not known & table.declared_cases:
         raise ValueError(
-            f"Expected nodule table '{table.path}' to describe the evaluated cases. Received: "
+            f"Expected nodule attribute table '{table.path}' to describe the evaluated cases. Received: "
             f"none of {sorted(known)[:5]}{' ...' if len(known) > 5 else ''} in its 'cases'")
     for row in table.rows:
         if row.case_id in known:
             out[row.case_id].append(row)
         elif table.declared_cases is None:
             raise ValueError(
-                f"Expected every case_id of the nodule table to be an evaluated case, in "
+                f"Expected every case_id of the nodule attribute table to be an evaluated case, in "
                 f"{_where(table.path, row.row, 'case_id')}. Received: case_id='{row.case_id}' "
                 f"(unknown case id; evaluated: {sorted(known)[:5]}"
                 f"{' ...' if len(known) > 5 else ''})")
@@ -463,7 +463,7 @@ def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mappi
         by_lesion[lesion_id] = {"row": winner, "how": how, "distance_mm": distance}
         for _, _, loser, loser_how in claimants[1:]:
             unmatched.append(_unmatched(
-                loser, f"lesion {lesion_id} ({loser_how}) already taken by nodule table "
+                loser, f"lesion {lesion_id} ({loser_how}) already taken by "
                        f"{winner.row} (duplicate)"))
     unmatched.sort(key=lambda u: u["index"])
     for entry in unmatched:

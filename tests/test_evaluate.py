@@ -311,7 +311,7 @@ def test_nodule_table_gives_recall_by_attribute(phantom, caplog):
         "malignancy": {"3": {"recall": 1.0, "count": 1, "detected": 1},
                        "4": {"recall": 1.0, "count": 1, "detected": 1}},
     }
-    info = summary["nodule_table"]
+    info = summary["nodule_attributes"]
     assert (info["n_rows"], info["n_matched_inside"], info["n_matched_near"],
             info["n_unmatched"], info["n_lesions_without_row"]) == (7, 5, 1, 1, 0)
     assert info["unmatched"][0]["case_id"] == "case_c" and info["unmatched"][0]["row"] == "row 8"
@@ -337,7 +337,7 @@ def test_nodule_table_gives_recall_by_attribute(phantom, caplog):
 def test_without_nodule_table_the_keys_are_none_and_lesions_csv_unchanged(phantom):
     out = phantom / "report"
     summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth", out_dir=out)
-    assert summary["recall_by_attribute"] is None and summary["nodule_table"] is None
+    assert summary["recall_by_attribute"] is None and summary["nodule_attributes"] is None
     header = (out / "lesions.csv").read_text().splitlines()[0]
     assert "nodule_row" not in header and "attr_" not in header
 
@@ -357,7 +357,7 @@ def test_nodules_json_of_a_dataset_skips_other_splits(phantom):
     assert summary["recall_by_attribute"] == {
         "kind": {"ground_glass": {"recall": 0.0, "count": 1, "detected": 0},
                  "solid": {"recall": 1.0, "count": 1, "detected": 1}}}
-    info = summary["nodule_table"]
+    info = summary["nodule_attributes"]
     assert (info["n_rows_other_cases"], info["n_lesions_without_row"]) == (1, 4)
 
 
@@ -392,7 +392,7 @@ def test_cli_evaluate_nodules_on_two_pairs(tmp_path, capsys):
     assert printed["recall_by_attribute"]["kind"] == {
         "ground_glass": {"recall": 0.5, "count": 2, "detected": 1},
         "solid": {"recall": 1.0, "count": 2, "detected": 2}}
-    assert printed["nodule_table"]["n_unmatched"] == 0
+    assert printed["nodule_attributes"]["n_unmatched"] == 0
 
     table.write_text("case_id,x_mm,y_mm,z_mm,kind\np1,6,ten,14,solid\n")
     assert main([*args, "--out", str(tmp_path / "out2")]) == 2
@@ -410,7 +410,7 @@ def test_phantom_nodules_json_joins_every_nodule_to_its_own_lesion(tmp_path):
     n_test = sum(n["case_id"].startswith("phantom_test_") for n in doc["nodules"])
     summary = evaluate(pred_dir=data / "labelsTs", truth_dir=data / "labelsTs",
                        out_dir=tmp_path / "report", nodules=data / "nodules.json")
-    info = summary["nodule_table"]
+    info = summary["nodule_attributes"]
     assert n_test >= 2 and summary["n_lesions"] == n_test
     assert (info["n_rows_evaluated"], info["n_unmatched"], info["n_lesions_without_row"]) == (
         n_test, 0, 0)

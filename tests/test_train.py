@@ -507,7 +507,7 @@ def test_validation_reports_recall_by_attribute_from_nodules_json(tmp_path, monk
     assert summary["recall_by_attribute"] == {"kind": {
         "ground_glass": {"recall": 0.0, "count": n, "detected": 0},
         "solid": {"recall": 1.0, "count": n, "detected": n}}}
-    info = summary["nodule_table"]
+    info = summary["nodule_attributes"]
     assert info["n_rows_evaluated"] == 2 * n and info["n_unmatched"] == 0
     assert info["n_rows_other_cases"] == 8 - 2 * n
 
