@@ -177,7 +177,7 @@ def parse_nodule_csv(text: str, *, path: str | os.PathLike = "<csv>",
     except StopIteration:
         raise ValueError(
             f"Expected a header row with columns {list(CSV_RESERVED_COLUMNS[:4])} in nodule "
-            f"table '{path}'. Received: an empty file") from None
+            f"attribute table '{path}'. Received: an empty file") from None
     header = [name.strip() for name in header]
     for column in dict.fromkeys(header):
         if header.count(column) > 1 or not column:
@@ -194,7 +194,7 @@ def parse_nodule_csv(text: str, *, path: str | os.PathLike = "<csv>",
     for cells in reader:
         row = f"row {reader.line_num}"
         if not any(cell.strip() for cell in cells):
-            continue  # blank line
+            continue  # a blank line (or only empty cells) holds no nodule
         if len(cells) != len(header):
             column = header[min(len(cells), len(header) - 1)]
             raise ValueError(
@@ -226,8 +226,9 @@ def _json_frame(doc: Mapping, frame: str | None, path: str) -> str:
         frame = _check_frame(frame)
         if declared is not None and frame != declared:
             raise ValueError(
-                f"Expected frame to agree with the coordinate_system of nodule attribute table '{path}'. "
-                f"Received: frame='{frame}', coordinate_system={doc['coordinate_system']!r}")
+                "Expected frame to agree with the coordinate_system of nodule attribute table "
+                f"'{path}'. Received: frame='{frame}', "
+                f"coordinate_system={doc['coordinate_system']!r}")
         return frame
     return declared or "ras"
 
@@ -318,7 +319,8 @@ def read_nodule_table(path: str | os.PathLike, *, frame: str | None = None) -> N
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"Expected an existing nodule attribute table file. Received: '{file}'")
+        raise FileNotFoundError(
+            f"Expected an existing nodule attribute table file. Received: '{file}'")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
@@ -355,8 +357,9 @@ def rows_by_case(table: NoduleTable, case_ids: Sequence[str]) -> dict[str, list[
     out: dict[str, list[NoduleRow]] = {case_id: [] for case_id in case_ids}
     if table.declared_cases is not None and known and not known & table.declared_cases:
         raise ValueError(
-            f"Expected nodule attribute table '{table.path}' to describe the evaluated cases. Received: "
-            f"none of {sorted(known)[:5]}{' ...' if len(known) > 5 else ''} in its 'cases'")
+            f"Expected nodule attribute table '{table.path}' to describe the evaluated cases. "
+            f"Received: none of {sorted(known)[:5]}{' ...' if len(known) > 5 else ''} in its "
+            "'cases'")
     for row in table.rows:
         if row.case_id in known:
             out[row.case_id].append(row)
