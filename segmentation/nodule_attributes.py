@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
     "FRAMES",
@@ -397,7 +398,8 @@ def _check_affine(affine: Any) -> np.ndarray:
 
 
 def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mapping],
-              affine: Any) -> CaseJoin:
+              affine: Any, offset: Sequence[int] = (0, 0, 0),
+              scan_shape: Sequence[int] | None = None) -> CaseJoin:
     """Joins one case's rows to its labelled truth lesions (rule in the module docstring).
 
     Args:
@@ -407,7 +409,11 @@ def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mappi
         lesions: one mapping per lesion with ``"id"`` (its label), ``"centroid_mm"`` (world
             RAS mm) and ``"diameter_mm"`` (equivalent diameter), e.g.
             ``CaseResult.lesions`` or ``segmentation.metrics.lesion_properties``.
-        affine: (4, 4) voxel -> world (RAS mm) matrix of ``labels``.
+        affine: (4, 4) voxel -> world (RAS mm) matrix of the scan.
+        offset: voxel index in the scan of ``labels[0, 0, 0]`` (``labels`` may be a crop that
+            holds every lesion voxel).
+        scan_shape: shape of the scan; None means ``labels.shape`` (no crop). A centre outside
+            the scan is said so in the unmatched reason (a hint of a wrong frame).
 
     Returns:
         CaseJoin.
@@ -421,6 +427,9 @@ def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mappi
         raise ValueError(f"Expected labels to be an int ndarray (I, J, K). Received: "
                          f"labels of shape {labels.shape} and dtype {labels.dtype}")
     matrix = _check_affine(affine)
+    start = np.asarray(offset, dtype=np.int64).reshape(3)
+    shape = np.asarray(labels.shape if scan_shape is None else scan_shape,
+                       dtype=np.int64).reshape(3)
     ids = [int(lesion["id"]) for lesion in lesions]
     if sorted(ids) != list(range(1, len(ids) + 1)) or (
             labels.size and int(labels.max()) != len(ids)):
@@ -436,8 +445,10 @@ def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mappi
     for row in rows:
         centre = np.asarray(row.centre_ras_mm, dtype=np.float64)
         voxel = np.rint(inverse[:3, :3] @ centre + inverse[:3, 3]).astype(np.int64)
-        inside = bool(np.all(voxel >= 0) and np.all(voxel < labels.shape))
-        hit = int(labels[tuple(voxel)]) if inside else 0
+        inside = bool(np.all(voxel >= 0) and np.all(voxel < shape))
+        local = voxel - start
+        in_crop = bool(np.all(local >= 0) and np.all(local < labels.shape))
+        hit = int(labels[tuple(local)]) if in_crop else 0
         distances = (np.linalg.norm(centroids - centre, axis=1) if len(ids)
                      else np.zeros(0))
         if hit:
@@ -490,11 +501,25 @@ def join_mask(rows: Sequence[NoduleRow], *, mask_true: Any, lesions: Sequence[Ma
         lesions: ``CaseResult.lesions`` of that call.
         affine: the (4, 4) voxel -> world matrix given to ``evaluate_case``.
         connectivity: the connectivity given to ``evaluate_case``.
-    """
-    from segmentation.metrics import label_components
 
-    labels, _ = label_components(mask_true, connectivity=connectivity)
-    return join_case(rows, labels=labels, lesions=lesions, affine=affine)
+    Labelling runs on the mask's bounding box (component numbering is raster order, the same
+    in any box that holds every voxel), so a full-size label array is never allocated.
+    """
+    from segmentation.metrics import check_mask, check_options
+
+    check_options(connectivity=connectivity)
+    mask = check_mask(mask_true, name="mask_true")
+    matrix = _check_affine(affine)
+    nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+               for axis in range(3)]
+    if any(index.size == 0 for index in nonzero):
+        return join_case(rows, labels=np.zeros((0, 0, 0), np.int32), lesions=lesions,
+                         affine=matrix, scan_shape=mask.shape)
+    box = tuple(slice(index[0], index[-1] + 1) for index in nonzero)
+    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    labels, _ = ndimage.label(mask[box], structure=structure)
+    return join_case(rows, labels=labels, lesions=lesions, affine=matrix,
+                     offset=[index[0] for index in nonzero], scan_shape=mask.shape)
 
 
 # --------------------------------------------------------------------------- recall

@@ -345,3 +345,29 @@ def test_join_mask_and_summarize_joins_follow_evaluate_case():
     assert info["unmatched"][0]["row"] == "row 4"
     with pytest.raises(ValueError, match="one join per result"):
         summarize_joins(table, [result], [])
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_join_mask_on_the_bounding_box_equals_join_case_on_full_labels(connectivity):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((12, 14, 10), dtype=bool)
+    mask[3:10, 4:12, 2:8] = rng.random((7, 8, 6)) < 0.15      # many small components
+    affine = AFFINES["flipped"]
+    labels, lesions = _lesions(mask, affine, connectivity)
+    centres = [np.asarray(lesion["centroid_mm"]) + rng.uniform(-1.5, 1.5, 3)
+               for lesion in lesions] + [_world(affine, rng.uniform(-2, 14, 3)) for _ in range(10)]
+    rows = [_row(i, "c", tuple(centre)) for i, centre in enumerate(centres)]
+    full = join_case(rows, labels=labels, lesions=lesions, affine=affine)
+    boxed = join_mask(rows, mask_true=mask, lesions=lesions, affine=affine,
+                      connectivity=connectivity)
+    assert len(full.by_lesion) > 3 and len(full.unmatched) > 3
+    assert any(u["reason"].startswith("centre outside the scan") for u in full.unmatched)
+    assert {k: (v["row"].index, v["how"]) for k, v in boxed.by_lesion.items()} == {
+        k: (v["row"].index, v["how"]) for k, v in full.by_lesion.items()}
+    assert boxed.unmatched == full.unmatched
+
+
+def test_join_mask_on_an_empty_mask_reports_the_row():
+    join = join_mask([_row(0, "c", (1.0, 1.0, 1.0))], mask_true=np.zeros(SHAPE, bool),
+                     lesions=[], affine=np.eye(4))
+    assert join.by_lesion == {} and join.unmatched[0]["reason"] == "the case has no truth lesion"
