@@ -385,8 +385,8 @@ def _join_nodules(nodule_rows: list, truth: Volume, result: metrics.CaseResult,
                                        lesions=result.lesions, affine=truth.affine,
                                        connectivity=connectivity)
     for entry in join.unmatched:
-        logger.warning("case '%s': nodule attribute table %s (centre %s mm RAS) matches no truth "
-                       "lesion: %s", result.case_id, entry["row"],
+        logger.warning("case '%s': nodule attribute table %s (centre %s mm RAS) matches no "
+                       "truth lesion: %s", result.case_id, entry["row"],
                        [round(c, 1) for c in entry["centre_ras_mm"]], entry["reason"])
     return join
 
@@ -399,9 +399,9 @@ def _attribute_summary(table: nodule_attributes.NoduleTable | None, rows: list[d
     by_attribute, info = nodule_attributes.summarize_joins(
         table, results, [row["nodule_join"] for row in rows])
     if info["n_unmatched"]:
-        logger.warning("%d of %d nodule attribute table rows of the evaluated cases match no truth "
-                       "lesion (summary.json: nodule_attributes.unmatched)", info["n_unmatched"],
-                       info["n_rows_evaluated"])
+        logger.warning("%d of %d nodule attribute table rows of the evaluated cases match no "
+                       "truth lesion (summary.json: nodule_attributes.unmatched)",
+                       info["n_unmatched"], info["n_rows_evaluated"])
     return by_attribute, info
 
 

@@ -371,7 +371,7 @@ def _dataset_nodule_table(data_dir: Path):
     try:
         return None if path is None else read_nodule_table(path)
     except ValueError as error:
-        logger.warning("nodule table left out of validation: %s", error)
+        logger.warning("nodule attribute table left out of validation: %s", error)
         return None
 
 
