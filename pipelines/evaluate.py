@@ -7,6 +7,12 @@ explicitly, runs :func:`segmentation.metrics.evaluate_case` per scan and
 ``report.md``. Every file is written atomically; ``summary.json`` is written last, and a folder
 that already holds one is never overwritten without ``overwrite=True``.
 
+With a nodule attribute table (``nodules=``, ``lungseg evaluate --nodules``; see
+:mod:`segmentation.nodule_attributes`) each truth lesion gets its row's attributes
+(``lesions.csv`` columns ``nodule_row``, ``nodule_match``, ``nodule_distance_mm`` and
+``attr_<name>``), ``summary.json`` gets ``recall_by_attribute`` and ``nodule_attributes`` (the
+join's counts and every unmatched row), and ``report.md`` a table per attribute.
+
 File naming:
     * truth: ``{case}.nii.gz`` / ``{case}.nii`` (a trailing ``_0000`` is dropped);
     * predictions: ``{case}_mask.nii.gz`` (``lungseg predict``) or ``{case}.nii.gz``; files named
@@ -38,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmentation import metrics
+from segmentation import nodule_attributes
 from segmentation.io import NIFTI_SUFFIXES, Volume, atomic_write, read_volume
 
 __all__ = ["EvaluationError", "evaluate", "find_pairs", "align_to_truth", "bench_evaluate",
@@ -253,7 +260,8 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
              overwrite: bool = False, connectivity: int = 26, match: str = "overlap",
              iou_threshold: float = 0.1, small_lesion_mm: float = 10.0,
              size_bins_mm: Sequence[float] = metrics.DEFAULT_SIZE_BINS_MM,
-             tolerance_mm: float = 1.0) -> dict:
+             tolerance_mm: float = 1.0, nodules: str | os.PathLike | None = None,
+             nodules_frame: str | None = None) -> dict:
     """Evaluates a folder of predicted masks against ground truth and writes a report.
 
     Args:
@@ -269,14 +277,22 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
         small_lesion_mm: equivalent-diameter threshold of the small-lesion detection rate.
         size_bins_mm: increasing edges (mm) of ``recall_by_size``.
         tolerance_mm: surface Dice tolerance.
+        nodules: optional nodule table (phantom ``nodules.json`` or a CSV with ``case_id``,
+            ``x_mm``, ``y_mm``, ``z_mm`` and attribute columns) joined to the truth lesions.
+        nodules_frame: ``"ras"`` or ``"lps"``: frame of CSV centres without a ``frame`` cell
+            (None = RAS).
 
     Returns:
         The ``summary.json`` content (JSON-safe dict; see ``segmentation.metrics.summarize``),
-        plus ``missing_predictions``, ``resampled_cases``, ``inputs`` and ``out_dir``.
+        plus ``missing_predictions``, ``resampled_cases``, ``recall_by_attribute`` and
+        ``nodule_attributes`` (None without ``nodules``), ``inputs`` and ``out_dir``.
 
     Raises:
         EvaluationError: bad folders, duplicate/unpaired files, incompatible geometry,
             bad probabilities, an existing report without ``overwrite``.
+        ValueError: a bad nodule table (unknown case ids, missing columns, unparsable
+            numbers; names the file, the row and the column).
+        FileNotFoundError: ``nodules`` does not exist.
         segmentation.io.VolumeError: unreadable file or non-binary mask (names the file).
     """
     metrics.check_options(connectivity=connectivity, criterion=match,
@@ -288,13 +304,18 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
             f"Expected small_lesion_mm > 0. Received: small_lesion_mm={small_lesion_mm!r}")
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
+    table = None if nodules is None else nodule_attributes.read_nodule_table(
+        nodules, frame=nodules_frame)
     pairs = find_pairs(pred_dir=pred_dir, truth_dir=truth_dir, probs_dir=probs_dir)
+    table_rows = None if table is None else nodule_attributes.rows_by_case(
+        table, [pair["case_id"] for pair in pairs])
 
     options = {"connectivity": connectivity, "criterion": match, "iou_threshold": iou_threshold,
                "tolerance_mm": tolerance_mm}
     results, rows = [], []
     for pair in pairs:
-        result, row = _evaluate_pair(pair, options)
+        result, row = _evaluate_pair(
+            pair, options, None if table_rows is None else table_rows[pair["case_id"]])
         results.append(result)
         rows.append(row)
         logger.info("%s: dice=%s lesions %d/%d, %d FP", pair["case_id"],
@@ -305,13 +326,16 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
                                 size_bins_mm=size_bins_mm)
     summary["missing_predictions"] = [r["case_id"] for r in rows if r["prediction_missing"]]
     summary["resampled_cases"] = [r["case_id"] for r in rows if r["alignment"] == "resampled"]
+    summary["recall_by_attribute"], summary["nodule_attributes"] = _attribute_summary(
+        table, rows, results)
     summary["inputs"] = {"pred_dir": str(pred_dir), "truth_dir": str(truth_dir),
-                         "probs_dir": None if probs_dir is None else str(probs_dir)}
+                         "probs_dir": None if probs_dir is None else str(probs_dir),
+                         "nodules": None if nodules is None else str(nodules)}
 
     _check_out_dir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "cases.csv", _cases_csv(rows, results))
-    _write_text(out / "lesions.csv", _lesions_csv(results))
+    _write_text(out / "lesions.csv", _lesions_csv(results, rows, table))
     _plot_froc(out / "froc.png", summary)
     _plot_recall_by_size(out / "recall_by_size.png", summary)
     _write_text(out / "report.md", _report_md(summary, rows, results))
@@ -320,7 +344,8 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
     return {**summary, "out_dir": str(out)}
 
 
-def _evaluate_pair(pair: dict, options: dict) -> tuple[metrics.CaseResult, dict]:
+def _evaluate_pair(pair: dict, options: dict,
+                   nodule_rows: list | None = None) -> tuple[metrics.CaseResult, dict]:
     case_id = pair["case_id"]
     truth = read_volume(pair["truth"], kind="mask")
     alignment = "same grid"
@@ -346,8 +371,38 @@ def _evaluate_pair(pair: dict, options: dict) -> tuple[metrics.CaseResult, dict]
     row = {"case_id": case_id, "truth_file": str(pair["truth"]),
            "pred_file": "" if pair["pred"] is None else str(pair["pred"]),
            "probs_file": "" if pair["probs"] is None else str(pair["probs"]),
-           "prediction_missing": pair["pred"] is None, "alignment": alignment}
+           "prediction_missing": pair["pred"] is None, "alignment": alignment,
+           "nodule_join": None}
+    if nodule_rows is not None:
+        row["nodule_join"] = _join_nodules(nodule_rows, truth, result, options["connectivity"])
     return result, row
+
+
+def _join_nodules(nodule_rows: list, truth: Volume, result: metrics.CaseResult,
+                  connectivity: int) -> nodule_attributes.CaseJoin:
+    """Joins the case's table rows to its truth lesions, labelled as evaluate_case did."""
+    join = nodule_attributes.join_mask(nodule_rows, mask_true=truth.array.astype(bool),
+                                       lesions=result.lesions, affine=truth.affine,
+                                       connectivity=connectivity)
+    for entry in join.unmatched:
+        logger.warning("case '%s': nodule attribute table %s (centre %s mm RAS) matches no "
+                       "truth lesion: %s", result.case_id, entry["row"],
+                       [round(c, 1) for c in entry["centre_ras_mm"]], entry["reason"])
+    return join
+
+
+def _attribute_summary(table: nodule_attributes.NoduleTable | None, rows: list[dict],
+                       results: list[metrics.CaseResult]) -> tuple[dict | None, dict | None]:
+    """(``recall_by_attribute``, ``nodule_attributes``) of summary.json; (None, None) without."""
+    if table is None:
+        return None, None
+    by_attribute, info = nodule_attributes.summarize_joins(
+        table, results, [row["nodule_join"] for row in rows])
+    if info["n_unmatched"]:
+        logger.warning("%d of %d nodule attribute table rows of the evaluated cases match no "
+                       "truth lesion (summary.json: nodule_attributes.unmatched)",
+                       info["n_unmatched"], info["n_rows_evaluated"])
+    return by_attribute, info
 
 
 # --------------------------------------------------------------------------- writing
@@ -393,22 +448,36 @@ def _cases_csv(rows: list[dict], results: list[metrics.CaseResult]) -> str:
     return _csv_text(header, table)
 
 
-def _lesions_csv(results: list[metrics.CaseResult]) -> str:
+def _lesions_csv(results: list[metrics.CaseResult], rows: list[dict] | None = None,
+                 nodules: nodule_attributes.NoduleTable | None = None) -> str:
     header = ["case_id", "kind", "id", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
               "diameter_mm", "volume_mm3", "detected", "matched_id", "matched_iou",
               "matched_dice", "max_probability", "max_probability_in_lesion"]
+    names = () if nodules is None else nodules.attribute_names
+    if nodules is not None:
+        header += ["nodule_row", "nodule_match", "nodule_distance_mm",
+                   *(f"attr_{name}" for name in names)]
     table = []
-    for r in results:
+    for i, r in enumerate(results):
+        join = None if nodules is None else rows[i]["nodule_join"]
         for lesion in r.lesions:
+            extra = []
+            if join is not None:
+                match = join.by_lesion.get(lesion["id"])
+                extra = [None] * (3 + len(names)) if match is None else [
+                    match["row"].row, match["how"], match["distance_mm"],
+                    *(match["row"].attributes.get(name) for name in names)]
             table.append([r.case_id, "lesion", lesion["id"], *lesion["centroid_mm"],
                           lesion["diameter_mm"], lesion["volume_mm3"], lesion["detected"],
                           lesion["matched_component"], lesion["iou"], lesion["dice"],
-                          lesion["max_probability"], lesion["max_probability_in_lesion"]])
+                          lesion["max_probability"], lesion["max_probability_in_lesion"],
+                          *extra])
         for comp in r.components:
             if comp["false_positive"]:
                 table.append([r.case_id, "false_positive", comp["id"], *comp["centroid_mm"],
                               comp["diameter_mm"], comp["volume_mm3"], False, None, None, None,
-                              comp["max_probability"], None])
+                              comp["max_probability"], None,
+                              *([None] * (0 if join is None else 3 + len(names)))])
     return _csv_text(header, table)
 
 
@@ -505,6 +574,7 @@ def _report_md(summary: dict, rows: list[dict], results: list[metrics.CaseResult
     for label, entry in summary["recall_by_size"].items():
         lines.append(f"| {label} | {_fmt(entry['recall'])} | {entry['detected']} / "
                      f"{entry['count']} |")
+    lines += _attribute_lines(summary)
     lines += ["", "## FROC (LUNA16 operating points)", ""]
     if summary["froc"] is None:
         lines.append("Not computed: no probability maps were given (`--probs`).")
@@ -553,6 +623,39 @@ def _report_md(summary: dict, rows: list[dict], results: list[metrics.CaseResult
               "over scans; sensitivity (over all truth lesions) linearly interpolated at 1/8, "
               "1/4, 1/2, 1, 2, 4, 8 FP per scan; CPM = their mean (LUNA16).", ""]
     return "\n".join(lines)
+
+
+def _attribute_lines(summary: dict) -> list[str]:
+    """report.md section of the nodule table (none without one)."""
+    info = summary.get("nodule_attributes")
+    if info is None:
+        return []
+    lines = ["", "## Lesion recall by attribute (nodule attribute table)", "",
+             f"Table `{info['file']}` ({info['format']}): {info['n_rows_evaluated']} rows of the "
+             f"evaluated cases, {info['n_matched_inside']} joined inside a lesion, "
+             f"{info['n_matched_near']} near one, {info['n_unmatched']} unmatched; "
+             f"{info['n_lesions_without_row']} truth lesions without a row (not counted below).",
+             ""]
+    for name, values in summary["recall_by_attribute"].items():
+        lines += [f"### {name}", "", "| value | recall | detected / count |", "|---|---|---|"]
+        lines += [f"| {value} | {_fmt(e['recall'])} | {e['detected']} / {e['count']} |"
+                  for value, e in values.items()]
+        if not values:
+            lines.append("| (no lesion has a value) | n/a | 0 / 0 |")
+        lines.append("")
+    if info["skipped_attributes"]:
+        lines += [f"Left out (more than {nodule_attributes.MAX_ATTRIBUTE_VALUES} distinct "
+                  f"values): {', '.join(info['skipped_attributes'])}.", ""]
+    if info["unmatched"]:
+        lines += ["Unmatched rows:", ""]
+        lines += [f"- {u['case_id']}, {u['row']}: {u['reason']}" for u in info["unmatched"]]
+        lines.append("")
+    lines += ["Join rule: a row belongs to the truth lesion containing its centre voxel, else "
+              "to the lesion with the nearest centroid among those whose centroid lies within "
+              "their equivalent radius + half a voxel diagonal of the centre, else it is "
+              "unmatched; a lesion claimed by several rows keeps the best (inside, then "
+              "nearer), the others are reported as duplicates."]
+    return lines
 
 
 # --------------------------------------------------------------------------- benchmark

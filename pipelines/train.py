@@ -177,6 +177,9 @@ class PreparedData:
         augmenter: ``augment(image, mask, seed)`` or None when augmentation is disabled.
         cache_dir: Folder of the preprocessed cases.
         data_hash: SHA-256 over the dataset's files (relative path, size, content).
+        nodule_table: the dataset's nodule attribute table (a phantom ``nodules.json``, see
+            `segmentation.nodule_attributes`) or None; validation then adds
+            ``recall_by_attribute`` (e.g. ground-glass recall) to its summary.
     """
 
     config: Config
@@ -186,6 +189,7 @@ class PreparedData:
     augmenter: Callable | None
     cache_dir: Path
     data_hash: str
+    nodule_table: Any = None
 
     @property
     def train_ids(self) -> list[str]:
@@ -357,7 +361,19 @@ def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | 
         augmenter = build_augmenter(config.augment, spatial_dims=model_cfg.spatial_dims)
     return PreparedData(config=config, train_cases=train_cases, val_cases=val_cases,
                         sampler=sampler, augmenter=augmenter, cache_dir=cache_dir,
-                        data_hash=digest)
+                        data_hash=digest, nodule_table=_dataset_nodule_table(data_dir))
+
+
+def _dataset_nodule_table(data_dir: Path):
+    """The dataset's nodule table (`segmentation.nodule_attributes`), or None (a bad one warns)."""
+    from segmentation.nodule_attributes import find_dataset_nodule_table, read_nodule_table
+
+    path = find_dataset_nodule_table(data_dir)
+    try:
+        return None if path is None else read_nodule_table(path)
+    except ValueError as error:
+        logger.warning("nodule attribute table left out of validation: %s", error)
+        return None
 
 
 def make_train_dataset(config: Config, prepared: PreparedData, start_index: int = 0,
@@ -580,8 +596,9 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
         return_first_probs: Also return the network-space probabilities of the first scan.
 
     Returns:
-        The `segmentation.metrics.summarize` dict (plus ``val_time_s``); with
-        ``return_first_probs`` a tuple ``(summary, probs)``.
+        The `segmentation.metrics.summarize` dict (plus ``val_time_s``, and with
+        ``prepared.nodule_table`` also ``recall_by_attribute`` and ``nodule_attributes``, as in
+        ``lungseg evaluate --nodules``); with ``return_first_probs`` a tuple ``(summary, probs)``.
     """
     from pipelines.predictor import (lung_filter, make_predict_fn, predict_probabilities,
                                      probabilities_to_mask)
@@ -609,6 +626,16 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
             criterion=ev.match, iou_threshold=ev.iou_threshold, tolerance_mm=ev.tolerance_mm,
         ))
     summary = summarize(results, small_lesion_mm=ev.small_lesion_mm, size_bins_mm=ev.size_bins_mm)
+    if prepared.nodule_table is not None:
+        from segmentation.nodule_attributes import join_mask, summarize_joins
+
+        table = prepared.nodule_table
+        joins = [join_mask([r for r in table.rows if r.case_id == case.case_id],
+                           mask_true=case.label(), lesions=result.lesions,
+                           affine=case.geometry.source_affine, connectivity=ev.connectivity)
+                 for case, result in zip(cases, results)]
+        summary["recall_by_attribute"], summary["nodule_attributes"] = summarize_joins(
+            table, results, joins)
     summary["val_time_s"] = time.perf_counter() - start
     return (summary, first) if return_first_probs else summary
 
@@ -1020,6 +1047,7 @@ def _summary(state: dict, prepared: PreparedData, *, status: str) -> dict:
         "best_metric": {name: best_val.get(name) for name in names},
         "val_metrics": {k: v for k, v in best_val.items() if not isinstance(v, (dict, list))},
         "recall_by_size": best_val.get("recall_by_size"),
+        "recall_by_attribute": best_val.get("recall_by_attribute"),
         "epochs_completed": state.get("epoch", 0),
         "epochs": prepared.config.train.epochs,
         "optimizer_step": state.get("optimizer_step", 0),

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="edges of the recall-by-size bins (the last bin is open)")
     evaluate.add_argument("--tolerance-mm", type=float, default=1.0, help="surface-Dice tolerance")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+    evaluate.add_argument("--nodules", type=Path, default=None, metavar="FILE",
+                          help="nodule attribute table (phantom nodules.json, or CSV with case_id,"
+                               "x_mm,y_mm,z_mm and attribute columns): recall by attribute")
+    evaluate.add_argument("--nodules-frame", choices=("ras", "lps"), default=None,
+                          help="frame of the CSV centres without a frame column (default ras)")
 
     predict = commands.add_parser("predict", help="segment new scans (NIfTI file or folder, or a DICOM series)")
     predict.add_argument("--model", type=Path, required=True, help="run folder with model.keras and config.yaml")
@@ -191,6 +196,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         small_lesion_mm=args.small_lesion_mm,
         size_bins_mm=tuple(args.size_bins_mm),
         tolerance_mm=args.tolerance_mm,
+        nodules=args.nodules,
+        nodules_frame=args.nodules_frame,
     )
     _print_json(summary)
     return _EXIT_OK

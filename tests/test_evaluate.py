@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import re
 
 import nibabel as nib
 import numpy as np
@@ -277,3 +278,150 @@ def test_masks_and_probability_maps_in_one_folder(phantom):
                        out_dir=phantom / "report")
     assert summary["cpm"] is not None
     assert summary["n_cases"] == 3
+
+
+# --------------------------------------------------------------------------- --nodules
+# rows of the phantom fixture: case_b misses the 4 mm nodule, case_c has no prediction;
+# case_b's solid row is given in LPS, its ground-glass row 2.6 mm off the nodule's centre
+# (outside the ball, within its radius + half a voxel); case_c's last row is far from both
+NODULE_CSV = ("case_id,x_mm,y_mm,z_mm,frame,kind,malignancy\n"
+              "case_a,-6,-10,14,,solid,3\n"
+              "case_a,4,-2,26,,ground_glass,\n"
+              "case_b,6,10,14,lps,solid,4\n"
+              "case_b,4,-2,28.6,,ground_glass,\n"
+              "case_c,-6,-10,14,ras,solid,\n"
+              "case_c,4,-2,26,,ground_glass,\n"
+              "case_c,10,10,10,,solid,5\n")
+
+
+def _nodule_csv(folder, text=NODULE_CSV):
+    path = folder / "nodules.csv"
+    path.write_text(text)
+    return path
+
+
+def test_nodule_table_gives_recall_by_attribute(phantom, caplog):
+    out = phantom / "report"
+    with caplog.at_level("WARNING", logger="pipelines.evaluate"):
+        summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth", out_dir=out,
+                           nodules=_nodule_csv(phantom))
+    assert summary["recall_by_attribute"] == {
+        "kind": {"ground_glass": {"recall": pytest.approx(1 / 3), "count": 3, "detected": 1},
+                 "solid": {"recall": pytest.approx(2 / 3), "count": 3, "detected": 2}},
+        "malignancy": {"3": {"recall": 1.0, "count": 1, "detected": 1},
+                       "4": {"recall": 1.0, "count": 1, "detected": 1}},
+    }
+    info = summary["nodule_attributes"]
+    assert (info["n_rows"], info["n_matched_inside"], info["n_matched_near"],
+            info["n_unmatched"], info["n_lesions_without_row"]) == (7, 5, 1, 1, 0)
+    assert info["unmatched"][0]["case_id"] == "case_c" and info["unmatched"][0]["row"] == "row 8"
+    assert "row 8" in caplog.text and "matches no truth lesion" in caplog.text
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["recall_by_attribute"]["kind"]["solid"]["detected"] == 2
+
+    lesions = [r for r in _read_csv(out / "lesions.csv") if r["kind"] == "lesion"]
+    by_key = {(r["case_id"], r["attr_kind"]): r for r in lesions}
+    assert len(by_key) == 6
+    near = by_key[("case_b", "ground_glass")]
+    assert (near["nodule_row"], near["nodule_match"], near["detected"]) == ("row 5", "near",
+                                                                              "false")
+    assert float(near["nodule_distance_mm"]) == pytest.approx(2.6, abs=0.01)
+    assert by_key[("case_b", "solid")]["attr_malignancy"] == "4"
+    assert by_key[("case_a", "ground_glass")]["attr_malignancy"] == ""
+    report = (out / "report.md").read_text()
+    for needle in ("## Lesion recall by attribute", "### kind", "| ground_glass | 0.333 | 1 / 3 |",
+                   "### malignancy", "Unmatched rows", "row 8"):
+        assert needle in report
+
+
+def test_without_nodule_table_the_keys_are_none_and_lesions_csv_unchanged(phantom):
+    out = phantom / "report"
+    summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth", out_dir=out)
+    assert summary["recall_by_attribute"] is None and summary["nodule_attributes"] is None
+    header = (out / "lesions.csv").read_text().splitlines()[0]
+    assert "nodule_row" not in header and "attr_" not in header
+
+
+def test_nodules_json_of_a_dataset_skips_other_splits(phantom):
+    doc = {"coordinate_system": "RAS+ world mm",
+           "cases": {c: {} for c in ("case_a", "case_b", "case_c", "train_0")},
+           "nodules": [
+               {"case_id": "train_0", "centre_mm": [0, 0, 0], "kind": "solid"},
+               {"case_id": "case_b", "centre_mm": [-6.0, -10.0, 14.0], "kind": "solid",
+                "diameter_mm": 8.0},
+               {"case_id": "case_b", "centre_mm": [4.0, -2.0, 26.0], "kind": "ground_glass",
+                "diameter_mm": 4.0}]}
+    (phantom / "nodules.json").write_text(json.dumps(doc))
+    summary = evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                       out_dir=phantom / "report", nodules=phantom / "nodules.json")
+    assert summary["recall_by_attribute"] == {
+        "kind": {"ground_glass": {"recall": 0.0, "count": 1, "detected": 0},
+                 "solid": {"recall": 1.0, "count": 1, "detected": 1}}}
+    info = summary["nodule_attributes"]
+    assert (info["n_rows_other_cases"], info["n_lesions_without_row"]) == (1, 4)
+
+
+@pytest.mark.parametrize("text, row, column", [
+    ("case_id,x_mm,y_mm,z_mm\ncase_a,1,2,3\ncase_q,1,2,3\n", "row 3", "case_id"),
+    ("case_id,x_mm,y_mm\ncase_a,1,2\n", "row 1", "z_mm"),
+    ("case_id,x_mm,y_mm,z_mm\ncase_a,1,2,3\ncase_b,1,2,3mm\n", "row 3", "z_mm"),
+])
+def test_bad_nodule_table_names_the_file_row_and_column(phantom, text, row, column):
+    path = _nodule_csv(phantom, text)
+    with pytest.raises(ValueError, match=rf"'{re.escape(str(path))}' {row}, column '{column}'"):
+        evaluate(pred_dir=phantom / "pred", truth_dir=phantom / "truth",
+                 out_dir=phantom / "report", nodules=path)
+    assert not (phantom / "report").exists()
+
+
+def test_cli_evaluate_nodules_on_two_pairs(tmp_path, capsys):
+    from segmentation.cli import main
+
+    for case in ("p1", "p2"):
+        _write(tmp_path / "truth" / f"{case}.nii.gz", _ball(*NODULES[0]) | _ball(*NODULES[1]))
+    _write(tmp_path / "pred" / "p1_mask.nii.gz", _ball(*NODULES[0]) | _ball(*NODULES[1]))
+    _write(tmp_path / "pred" / "p2_mask.nii.gz", _ball(*NODULES[0]))
+    # LPS by the flag: x and y negated
+    table = _nodule_csv(tmp_path, "case_id,x_mm,y_mm,z_mm,kind\n"
+                                  "p1,6,10,14,solid\np1,-4,2,26,ground_glass\n"
+                                  "p2,6,10,14,solid\np2,-4,2,26,ground_glass\n")
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+            "--nodules", str(table), "--nodules-frame", "lps"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["recall_by_attribute"]["kind"] == {
+        "ground_glass": {"recall": 0.5, "count": 2, "detected": 1},
+        "solid": {"recall": 1.0, "count": 2, "detected": 2}}
+    assert printed["nodule_attributes"]["n_unmatched"] == 0
+
+    table.write_text("case_id,x_mm,y_mm,z_mm,kind\np1,6,ten,14,solid\n")
+    assert main([*args, "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert str(table) in err and "row 2" in err and "'y_mm'" in err
+
+
+def test_phantom_nodules_json_joins_every_nodule_to_its_own_lesion(tmp_path):
+    # phantom scans are stored in random orientations; nodules.json centres are world RAS mm
+    from segmentation.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", n_cases=1, n_test=3, seed=11,
+                                 size=(48, 48, 32), spacing_mm=(2.5, 2.5, 3.0))
+    doc = json.loads((data / "nodules.json").read_text())
+    n_test = sum(n["case_id"].startswith("phantom_test_") for n in doc["nodules"])
+    summary = evaluate(pred_dir=data / "labelsTs", truth_dir=data / "labelsTs",
+                       out_dir=tmp_path / "report", nodules=data / "nodules.json")
+    info = summary["nodule_attributes"]
+    assert n_test >= 2 and summary["n_lesions"] == n_test
+    assert (info["n_rows_evaluated"], info["n_unmatched"], info["n_lesions_without_row"]) == (
+        n_test, 0, 0)
+    assert info["n_rows_other_cases"] == len(doc["nodules"]) - n_test
+    kinds = summary["recall_by_attribute"]["kind"]
+    assert sum(v["count"] for v in kinds.values()) == n_test
+    assert all(v["recall"] == 1.0 for v in kinds.values())
+    rows = [r for r in _read_csv(tmp_path / "report" / "lesions.csv") if r["kind"] == "lesion"]
+    for r in rows:  # each lesion carries the kind of the nodule whose centre it holds
+        index = int(r["nodule_row"].split("nodules[")[1].rstrip("])"))
+        nodule = doc["nodules"][index]
+        assert nodule["case_id"] == r["case_id"] and r["attr_kind"] == nodule["kind"]
+        assert [float(r[f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx(
+            nodule["centre_mm"], abs=0.01)

@@ -192,6 +192,9 @@ def test_two_epoch_end_to_end_on_phantom(tmp_path):
     assert summary["best_epoch"] in (1, 2)
     assert set(summary["best_metric"]) == {"lesion_recall", "dice_mean"}
     assert summary["train_patches_per_s"] > 0
+    # the phantom's nodules.json reaches validation (its string/bool fields are the attributes)
+    assert set(summary["recall_by_attribute"]) == {"kind", "location", "touches_pleura",
+                                                   "touches_vessel"}
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["seed"] == 0 and len(manifest["data_hash"]) == 64
     assert manifest["libraries"]["tensorflow"] and manifest["libraries"]["keras"]
@@ -468,3 +471,55 @@ def test_train_background_reaches_the_sampler(tiny_data, tmp_path, background):
         image = prepared.train_cases[loc.case_index].image
         centre = tuple(int(s + p // 2) for s, p in zip(loc.start, config.train.patch_size))
         assert image[centre] > threshold
+
+
+# --------------------------------------------------------------------------- nodule attributes
+
+
+def test_validation_reports_recall_by_attribute_from_nodules_json(tmp_path, monkeypatch):
+    from scipy import ndimage
+
+    import pipelines.predictor as predictor
+
+    data = _write_dataset(tmp_path / "tiny")
+    # the two nodules of _write_dataset's case `index`, world mm = voxel * (1.5, 1.5, 2.0)
+    nodules = [{"case_id": f"case_{index:03d}", "centre_mm": centre, "kind": kind}
+               for index in range(4)
+               for centre, kind in (([(8 + index) * 1.5, 18.0, 20.0], "solid"),
+                                    ([25.5, 22.5, 24.0], "ground_glass"))]
+    (data / "nodules.json").write_text(json.dumps({
+        "coordinate_system": "RAS+ world mm",
+        "cases": {f"case_{i:03d}": {} for i in range(4)}, "nodules": nodules}))
+    prepared = prepare_data(_config(), data_dir=data, run_dir=tmp_path / "run", progress=False)
+    assert prepared.nodule_table is not None and len(prepared.nodule_table.rows) == 8
+
+    def only_the_largest_nodule(model, image_net, *, config, predict_fn=None, tta=None):
+        case = next(c for c in prepared.val_cases if np.array_equal(c.image_net, image_net))
+        labels, n = ndimage.label(np.asarray(case.mask_net) > 0)
+        largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        return (labels == largest).astype(np.float32)
+
+    monkeypatch.setattr(predictor, "make_predict_fn", lambda model, batch_size: None)
+    monkeypatch.setattr(predictor, "predict_probabilities", only_the_largest_nodule)
+    summary = train_mod.validate(None, prepared.config, prepared)
+    n = summary["n_cases"]
+    assert n >= 1 and summary["n_lesions"] == 2 * n
+    assert summary["recall_by_attribute"] == {"kind": {
+        "ground_glass": {"recall": 0.0, "count": n, "detected": 0},
+        "solid": {"recall": 1.0, "count": n, "detected": n}}}
+    info = summary["nodule_attributes"]
+    assert info["n_rows_evaluated"] == 2 * n and info["n_unmatched"] == 0
+    assert info["n_rows_other_cases"] == 8 - 2 * n
+
+
+def test_dataset_without_nodule_table_validates_without_attributes(tiny_data, tmp_path):
+    prepared = prepare_data(_config(), data_dir=tiny_data, run_dir=tmp_path / "run",
+                            progress=False)
+    assert prepared.nodule_table is None
+
+
+def test_unreadable_dataset_nodule_table_is_left_out_with_a_warning(tmp_path, caplog):
+    (tmp_path / "nodules.json").write_text('{"nodules": [{"case_id": "a", "centre_mm": [1]}]}')
+    with caplog.at_level("WARNING", logger="pipelines.train"):
+        assert train_mod._dataset_nodule_table(tmp_path) is None
+    assert "nodules.json" in caplog.text and "centre_mm" in caplog.text
