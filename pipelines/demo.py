@@ -113,7 +113,8 @@ def run_demo(*, out_dir: str | Path, quick: bool = False, overwrite: bool = Fals
     step("predict_heldout")
 
     summary = evaluate(pred_dir=paths["heldout_pred"], truth_dir=paths["data"] / "labelsTs",
-                       probs_dir=paths["heldout_pred"], out_dir=paths["evaluation"])
+                       probs_dir=paths["heldout_pred"], out_dir=paths["evaluation"],
+                       nodules=paths["data"] / "nodules.json")
     step("evaluate")
 
     new_case = generate_case(seed=settings.seed + 10_000, size=settings.size, spacing_mm=settings.spacing_mm)
@@ -147,6 +148,10 @@ def format_table(summary: dict[str, Any], *, train_summary: dict[str, Any], path
         ("False positives per scan", fmt(summary.get("fp_per_scan"))),
         ("CPM (FROC)", fmt(summary.get("cpm"))),
     ]
+    by_kind = (summary.get("recall_by_attribute") or {}).get("kind") or {}
+    rows += [(f"Recall of {kind.replace('_', '-')} nodules",
+              f"{fmt(entry.get('recall'))} ({entry.get('detected')}/{entry.get('count')})")
+             for kind, entry in sorted(by_kind.items())]
     width = max(len(name) for name, _ in rows)
     lines = [
         f"lungseg demo: {summary.get('n_cases')} held-out phantom scans, {summary.get('n_lesions')} nodules",

@@ -63,6 +63,10 @@ def test_demo_table_names_metrics_and_paths(demo):
                   "TensorBoard", "report.md"):
         assert label in text, label
     assert str(out / "heldout_pred") in text
+    by_kind = result["summary"]["recall_by_attribute"]["kind"]  # the phantom's nodules.json joined
+    assert sum(entry["count"] for entry in by_kind.values()) == result["summary"]["n_lesions"]
+    for kind in by_kind:
+        assert f"Recall of {kind.replace('_', '-')} nodules" in text
     assert set(result["seconds"]) == {"phantom", "train", "predict_heldout", "evaluate", "predict_new_scan"}
 
 
