@@ -35,7 +35,9 @@ equivalent diameter: ``"<6mm"``, ``"6-8mm"`` (6 to < 8), ``"8-15mm"`` (8 to < 15
 
 Inputs: a NIfTI file; a folder of NIfTI files (every ``.nii``/``.nii.gz`` in it, sorted;
 case id = file name without the suffix and without a trailing ``_0000``); or a folder with
-no NIfTI file holding one DICOM series (case id = the folder name). In a folder run a bad
+no NIfTI file holding one DICOM series (case id = the folder name). MetaImage scans
+(``.mhd`` + ``.raw``, ``.mha``; LUNA16) are read like NIfTI files, one case per header
+(case id = the file name without the suffix). In a folder run a bad
 scan is caught and reported (``lines``, its case record) and the other scans go on; a
 single-scan input raises the error instead (bad input, exit status 2 in the CLI).
 """
@@ -60,6 +62,7 @@ import scipy.ndimage as ndi
 from segmentation import metrics
 from segmentation.config import Config, ConfigError, load_config
 from segmentation.io import (
+    METAIMAGE_SUFFIXES,
     NIFTI_SUFFIXES,
     Volume,
     atomic_write,
@@ -410,18 +413,23 @@ class InputCase:
 
     Attributes:
         case_id: Output file prefix.
-        path: The NIfTI file or the DICOM series folder.
-        kind: ``"nifti"`` or ``"dicom"``.
+        path: The NIfTI or MetaImage file, or the DICOM series folder.
+        kind: ``"nifti"``, ``"metaimage"`` or ``"dicom"``.
     """
 
     case_id: str
     path: Path
-    kind: Literal["nifti", "dicom"]
+    kind: Literal["nifti", "metaimage", "dicom"]
 
 
 def _is_nifti(path: Path) -> bool:
+    """True for a NIfTI or a MetaImage (``.mhd``/``.mha``) scan file."""
     name = path.name.lower()
-    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
+    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES + METAIMAGE_SUFFIXES)
+
+
+def _file_kind(path: Path) -> Literal["nifti", "metaimage"]:
+    return "metaimage" if path.name.lower().endswith(METAIMAGE_SUFFIXES) else "nifti"
 
 
 def find_inputs(input_path: str | os.PathLike) -> list[InputCase]:
@@ -448,13 +456,14 @@ def find_inputs(input_path: str | os.PathLike) -> list[InputCase]:
     if path.is_file():
         if not _is_nifti(path):
             raise InferenceError(
-                "Expected a NIfTI file (.nii, .nii.gz), a folder of them, or a folder holding one "
+                "Expected a NIfTI file (.nii, .nii.gz) or MetaImage (.mhd, .mha), a folder of them, "
+                "or a folder holding one "
                 f"DICOM series. Received: input='{path}'"
             )
-        return [InputCase(case_id_from_path(path), path, "nifti")]
+        return [InputCase(case_id_from_path(path), path, _file_kind(path))]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _is_nifti(p))
     if files:
-        cases = [InputCase(case_id_from_path(p), p, "nifti") for p in files]
+        cases = [InputCase(case_id_from_path(p), p, _file_kind(p)) for p in files]
         seen: dict[str, Path] = {}
         for case in cases:
             if case.case_id in seen:

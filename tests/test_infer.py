@@ -608,9 +608,9 @@ def test_folder_without_scans_is_an_error(tmp_path):
 
 
 def test_input_that_is_not_nifti_is_an_error(tmp_path):
-    path = tmp_path / "scan.mha"
+    path = tmp_path / "scan.nrrd"
     path.write_text("x")
-    with pytest.raises(InferenceError, match=r"scan\.mha"):
+    with pytest.raises(InferenceError, match=r"scan\.nrrd"):
         find_inputs(path)
 
 
