@@ -596,7 +596,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
             threshold: float | None = None, min_size_mm3: float | None = None,
             window: Sequence[int] | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, luna16_csv: str | os.PathLike | None = None) -> dict:
     """Segments one scan or a folder of scans with a trained run (``lungseg predict``).
 
     Args:
@@ -611,6 +611,8 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             multiple of ``2**depth``; None uses ``inference.window`` (or the training patch).
         overwrite: Redo cases whose mask already exists (otherwise they are skipped).
         progress: Show a tqdm bar over the scans (stderr).
+        luna16_csv: Also write a LUNA16 candidates file here (`pipelines.luna16_eval.write_candidates`:
+            one row per nodule of every ok or skipped case, LPS for MetaImage/DICOM input).
 
     Returns:
         ``{"cases": [...], "failed": int, "lines": [...], "out_dir": str}``. Each case is
@@ -682,6 +684,14 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
                       seconds=round(seconds, 3))
         lines.append(f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)")
         records.append(record)
+    if luna16_csv is not None:
+        from pipelines.luna16_eval import write_candidates
+
+        kinds = {case.case_id: case.kind for case in cases}
+        done = [(r["case_id"], kinds[r["case_id"]], output_paths(out, r["case_id"])["json"])
+                for r in records if r["status"] != "failed"]
+        csv_path, n_rows = write_candidates(luna16_csv, done)
+        lines.append(f"LUNA16 candidates: {n_rows} row(s) of {len(done)} scan(s) -> {csv_path}")
     failed = sum(r["status"] == "failed" for r in records)
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
     lines.append(

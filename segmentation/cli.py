@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(repeatable)")
 
     evaluate = commands.add_parser("evaluate", help="voxel and lesion-level metrics of predicted masks")
-    evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks ({case}_mask.nii.gz or same names)")
-    evaluate.add_argument("--truth", type=Path, required=True, help="ground-truth masks")
+    evaluate.add_argument("--pred", type=Path, default=None, help="predicted masks ({case}_mask.nii.gz or same names)")
+    evaluate.add_argument("--truth", type=Path, default=None, help="ground-truth masks")
     evaluate.add_argument("--probs", type=Path, default=None, help="probability maps for FROC/CPM")
     evaluate.add_argument("--out", type=Path, required=True, help="report folder")
     evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26)
@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="edges of the recall-by-size bins (the last bin is open)")
     evaluate.add_argument("--tolerance-mm", type=float, default=1.0, help="surface-Dice tolerance")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+    evaluate.add_argument("--luna16", type=Path, default=None, metavar="ANNOTATIONS_CSV",
+                          help="LUNA16 FROC protocol instead of masks: annotations.csv (needs --candidates)")
+    evaluate.add_argument("--candidates", type=Path, default=None,
+                          help="LUNA16 candidates CSV (seriesuid,coordX,coordY,coordZ,probability)")
+    evaluate.add_argument("--excluded", type=Path, default=None,
+                          help="annotations_excluded.csv: hits on these are neither TP nor FP")
+    evaluate.add_argument("--seriesuids", type=Path, default=None,
+                          help="the evaluated scans (default: every scan named in the CSV files)")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples (LUNA16)")
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (LUNA16)")
 
     predict = commands.add_parser("predict", help="segment new scans (NIfTI file or folder, or a DICOM series)")
     predict.add_argument("--model", type=Path, required=True, help="run folder with model.keras and config.yaml")
@@ -85,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="sliding window in voxels, one size per spatial axis of the model "
                               "(default: the run's inference.window, else its training patch)")
     predict.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    predict.add_argument("--luna16-csv", type=Path, default=None,
+                         help="also write LUNA16 candidates (one row per nodule) to this CSV")
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench.add_argument("what", choices=("train", "infer", "evaluate"))
@@ -173,6 +185,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.luna16 is not None or args.candidates is not None:
+        return _run_evaluate_luna16(args)
+    if args.pred is None or args.truth is None:
+        raise ValueError("Expected --pred and --truth (or --luna16 with --candidates). "
+                         f"Received: --pred={args.pred}, --truth={args.truth}")
     from pipelines.evaluate import evaluate
 
     summary = evaluate(
@@ -192,6 +209,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return _EXIT_OK
 
 
+def _run_evaluate_luna16(args: argparse.Namespace) -> int:
+    if args.luna16 is None or args.candidates is None:
+        raise ValueError("Expected both --luna16 ANNOTATIONS_CSV and --candidates FILE. "
+                         f"Received: --luna16={args.luna16}, --candidates={args.candidates}")
+    from pipelines.luna16_eval import evaluate_luna16
+
+    summary = evaluate_luna16(annotations=args.luna16, candidates=args.candidates, out_dir=args.out,
+                              excluded=args.excluded, seriesuids=args.seriesuids,
+                              n_bootstrap=args.bootstrap, seed=args.seed, overwrite=args.overwrite)
+    _print_json({k: v for k, v in summary.items() if k != "curve"})
+    return _EXIT_OK
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from pipelines.infer import predict
 
@@ -205,6 +235,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         min_size_mm3=args.min_size_mm3,
         window=args.window,
         overwrite=args.overwrite,
+        luna16_csv=args.luna16_csv,
     )
     for line in result["lines"]:
         print(line)
