@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--luna16-csv", type=Path, default=None,
                          help="also write LUNA16 candidates (one row per nodule) to this CSV")
 
+    importer = commands.add_parser("import", help="convert LIDC-IDRI or LUNA16 to an MSD dataset")
+    sources = importer.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    luna16 = sources.add_parser("luna16", help="LUNA16 .mhd scans + annotations.csv")
+    luna16.add_argument("--input", type=Path, required=True, help="LUNA16 root (subset0 ... subset9)")
+    luna16.add_argument("--annotations", type=Path, required=True, help="annotations.csv")
+    luna16.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    luna16.add_argument("--mask", choices=("sphere", "none"), default="sphere",
+                        help="label each annotation as a ball of its diameter (default), or no labels")
+    luna16.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
+    luna16.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
+
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench.add_argument("what", choices=("train", "infer", "evaluate"))
     bench.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/cpu.yaml)")
@@ -242,6 +253,18 @@ def _run_predict(args: argparse.Namespace) -> int:
     return _EXIT_PARTIAL if result["failed"] else _EXIT_OK
 
 
+def _run_import(args: argparse.Namespace) -> int:
+    from pipelines import importers
+
+    if args.source == "luna16":
+        result = importers.import_luna16(input_dir=args.input, annotations=args.annotations,
+                                         out_dir=args.out, mask=args.mask, workers=args.workers,
+                                         overwrite=args.overwrite)
+    for line in result["lines"]:
+        print(line)
+    return _EXIT_PARTIAL if result["failed"] else _EXIT_OK
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from pipelines import bench
 
@@ -281,6 +304,7 @@ _COMMANDS = {
     "train": _run_train,
     "evaluate": _run_evaluate,
     "predict": _run_predict,
+    "import": _run_import,
     "bench": _run_bench,
     "study": _run_study,
 }
