@@ -30,7 +30,7 @@ import numpy as np
 
 from segmentation.io import Volume, atomic_write, write_volume
 
-__all__ = ["LUNA16_NODULE_COLUMNS", "import_luna16", "write_case"]
+__all__ = ["LUNA16_NODULE_COLUMNS", "import_lidc", "import_luna16", "write_case"]
 
 logger = logging.getLogger(__name__)
 
@@ -310,3 +310,90 @@ def import_luna16(*, input_dir: str | os.PathLike, annotations: str | os.PathLik
             labelled=mask == "sphere", tables={"nodules.csv": _csv_text(LUNA16_NODULE_COLUMNS, rows)},
             readme=readme, report=report)
     return _summary(out, results, lines, {"skipped_annotations": skipped})
+
+
+# --------------------------------------------------------------------------------------------
+# LIDC-IDRI
+# --------------------------------------------------------------------------------------------
+
+_LIDC_README = """# LIDC-IDRI imported by lungseg
+
+Written by `lungseg import lidc` from {n_scans} CT series (DICOM) and their reader XML files.
+
+- `imagesTr/`: the CT as NIfTI with the series' exact geometry (DICOM LPS converted to RAS).
+- `labelsTr/`: the voxels marked by at least {consensus} of the readers who marked each
+  nodule (nodules marked by at least {min_readers} reader(s)). Each reader's contour is
+  filled on the slice it names, boundary pixels included; `inclusion=FALSE` contours cut
+  holes. Readers' marks are grouped into nodules by overlap, else by centroid distance.
+- `nodules.csv`: one row per grouped nodule: centre of its consensus mask in RAS mm,
+  equivalent diameter and volume of the consensus mask, readers, `in_mask`, and the median
+  of each reader characteristic (LIDC scales).
+- `small_and_non_nodules.csv`: nodules < 3 mm and non-nodules (single points): never in
+  the mask.
+- `import_report.json`: skipped XML files and series, and failed series with the reason.
+"""
+
+
+def _lidc_case(*, case_id: str, source: Path, xml: Path, out: str, consensus: float,
+               min_readers: int) -> dict:
+    from segmentation.dicom import read_dicom_series
+    from segmentation.lidc import build_case, parse_lidc_xml
+    from segmentation.lidc_tree import slice_index
+
+    reading = parse_lidc_xml(xml)
+    volume = read_dicom_series(source)
+    index = slice_index(source, affine=volume.source_affine, shape=volume.source_shape)
+    case = build_case(reading, index, shape=volume.source_shape, affine=volume.source_affine,
+                      case_id=case_id, consensus=consensus, min_readers=min_readers)
+    out_dir = Path(out)
+    write_case(volume, case["mask"], image_path=out_dir / "imagesTr" / f"{case_id}.nii.gz",
+               label_path=out_dir / "labelsTr" / f"{case_id}.nii.gz")
+    return {"case_id": case_id, "source": str(source), "xml": str(xml),
+            "nodules": case["nodules"], "points": case["points"]}
+
+
+def import_lidc(*, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                consensus: float = 0.5, min_readers: int = 1, cases: Sequence[str] | None = None,
+                workers: int | None = None, overwrite: bool = False) -> dict:
+    """Converts LIDC-IDRI CT series and reader XML to an MSD dataset (``lungseg import lidc``).
+
+    Args:
+        input_dir: TCIA ``LIDC-IDRI`` folder (``--input``).
+        out_dir: Dataset folder (``--out``).
+        consensus: Fraction of a nodule's readers that must mark a voxel, in (0, 1].
+        min_readers: Nodules marked by fewer readers stay out of the mask.
+        cases: Only these case ids, PatientIDs or SeriesInstanceUIDs (``--cases``).
+        workers: Parallel processes (default: up to 4).
+        overwrite: Replace a dataset already in ``out_dir``.
+
+    Returns:
+        ``{"out_dir", "written", "failed", "notes", "lines"}``.
+
+    Raises:
+        ValueError: Bad option, nothing to import, an existing dataset without ``overwrite``.
+    """
+    from segmentation.lidc import NODULE_COLUMNS, POINT_COLUMNS
+    from segmentation.lidc_tree import find_lidc_series
+
+    if isinstance(consensus, bool) or not isinstance(consensus, (int, float)) or not 0.0 < consensus <= 1.0:
+        raise ValueError(f"Expected --consensus in (0, 1]. Received: --consensus={consensus!r}")
+    if isinstance(min_readers, bool) or not isinstance(min_readers, int) or min_readers < 1:
+        raise ValueError(f"Expected --min-readers to be an integer >= 1. Received: --min-readers={min_readers!r}")
+    workers = _check_workers(workers)
+    root = _path(input_dir, option="--input")
+    series, notes = find_lidc_series(root, cases=cases)
+    out = _path(out_dir, option="--out")
+    _prepare_out(out, overwrite=overwrite)
+    tasks = [{"case_id": s.case_id, "source": s.folder, "xml": s.xml, "out": str(out),
+              "consensus": float(consensus), "min_readers": min_readers} for s in series]
+    results = _run_all(_lidc_case, tasks, workers=workers, desc="import lidc")
+    done = [r for r in results if "error" not in r]
+    readme = _LIDC_README.format(n_scans=len(done), consensus=consensus, min_readers=min_readers)
+    report = {"command": "lungseg import lidc", "input": str(root), "consensus": consensus,
+              "min_readers": min_readers, "notes": notes,
+              "failed": [r for r in results if "error" in r]}
+    tables = {"nodules.csv": _csv_text(NODULE_COLUMNS, [row for r in done for row in r["nodules"]]),
+              "small_and_non_nodules.csv": _csv_text(POINT_COLUMNS, [row for r in done for row in r["points"]])}
+    _finish(out, name="LIDC-IDRI", description="LIDC-IDRI CT with reader consensus masks (lungseg)",
+            results=results, labelled=True, tables=tables, readme=readme, report=report)
+    return _summary(out, results, list(notes), {"notes": notes})

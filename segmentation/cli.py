@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label each annotation as a ball of its diameter (default), or no labels")
     luna16.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
     luna16.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
+    lidc = sources.add_parser("lidc", help="LIDC-IDRI DICOM series + reader XML (TCIA folder tree)")
+    lidc.add_argument("--input", type=Path, required=True, help="LIDC-IDRI root (patient/study/series)")
+    lidc.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    lidc.add_argument("--consensus", type=float, default=0.5,
+                      help="share of a nodule's readers that must mark a voxel (default 0.5)")
+    lidc.add_argument("--min-readers", type=int, default=1,
+                      help="nodules marked by fewer readers stay out of the mask (default 1)")
+    lidc.add_argument("--cases", nargs="+", default=None, metavar="ID",
+                      help="only these PatientIDs, case ids or SeriesInstanceUIDs")
+    lidc.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
+    lidc.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench.add_argument("what", choices=("train", "infer", "evaluate"))
@@ -260,6 +271,10 @@ def _run_import(args: argparse.Namespace) -> int:
         result = importers.import_luna16(input_dir=args.input, annotations=args.annotations,
                                          out_dir=args.out, mask=args.mask, workers=args.workers,
                                          overwrite=args.overwrite)
+    else:
+        result = importers.import_lidc(input_dir=args.input, out_dir=args.out, consensus=args.consensus,
+                                       min_readers=args.min_readers, cases=args.cases,
+                                       workers=args.workers, overwrite=args.overwrite)
     for line in result["lines"]:
         print(line)
     return _EXIT_PARTIAL if result["failed"] else _EXIT_OK

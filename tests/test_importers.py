@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipelines.importers import import_luna16
+from pipelines.importers import import_lidc, import_luna16
 from segmentation.cli import main
 from segmentation.dataset import discover_cases
 from segmentation.io import check_pair, read_volume
@@ -133,3 +133,79 @@ def test_import_luna16_without_scans_is_an_error(tmp_path):
     (tmp_path / "a.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n")
     with pytest.raises(ValueError, match=r"\.mhd scans under --input"):
         import_luna16(input_dir=tmp_path / "empty", annotations=tmp_path / "a.csv", out_dir=tmp_path / "o")
+
+
+# --------------------------------------------------------------------------- LIDC-IDRI
+
+
+def _lidc_root(tmp_path):
+    from lidc_fixtures import rect_corners, standard_sessions, write_series, write_xml
+
+    root = tmp_path / "LIDC-IDRI"
+    good = write_series(root / "LIDC-IDRI-0001" / "st" / "se", patient="LIDC-IDRI-0001")
+    write_xml(root / "LIDC-IDRI-0001" / "st" / "se" / "069.xml", good["uid"], standard_sessions(good["sop"]))
+    missing = write_series(root / "LIDC-IDRI-0002" / "st" / "se", patient="LIDC-IDRI-0002", skip=(3,))
+    write_xml(root / "LIDC-IDRI-0002" / "st" / "se" / "070.xml", missing["uid"], [])
+    doubled = write_series(root / "LIDC-IDRI-0003" / "st" / "se", patient="LIDC-IDRI-0003", duplicate=(2,))
+    write_xml(root / "LIDC-IDRI-0003" / "st" / "se" / "071.xml", doubled["uid"], [])
+    stray = write_series(root / "LIDC-IDRI-0004" / "st" / "se", patient="LIDC-IDRI-0004")
+    write_xml(root / "LIDC-IDRI-0004" / "st" / "se" / "072.xml", stray["uid"], [
+        {"reader": "9", "nodules": [{"id": "z", "rois": [(40, "1.2.nope", rect_corners(1, 3, 1, 3), True)]}]}])
+    write_xml(root / "orphan" / "073.xml", "1.2.no.such.series", [])
+    return root
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_import_lidc_writes_good_series_and_reports_each_bad_one(tmp_path, workers):
+    from lidc_fixtures import expected_reader_masks, ras_of
+
+    root = _lidc_root(tmp_path)
+    out = tmp_path / "dataset"
+    result = import_lidc(input_dir=root, out_dir=out, workers=workers)
+
+    assert result["written"] == ["LIDC-IDRI-0001"]
+    failed = {f["case_id"]: f["error"] for f in result["failed"]}
+    assert "missing slice" in failed["LIDC-IDRI-0002"]
+    assert "one slice per position" in failed["LIDC-IDRI-0003"]
+    assert "072.xml" in failed["LIDC-IDRI-0004"] and "no such slice" in failed["LIDC-IDRI-0004"]
+    assert any("073.xml" in line for line in result["lines"])
+    assert sorted(p.name for p in out.rglob("*.nii.gz")) == ["LIDC-IDRI-0001.nii.gz"] * 2
+    assert not list(out.rglob("*.tmp*"))
+
+    [case] = discover_cases(out)
+    image = read_volume(case.image)
+    label = check_pair(image, read_volume(case.label, kind="mask"))
+    hand = expected_reader_masks()
+    expected = ((hand["A1"].astype(int) + hand["A2"] + hand["A3"]) >= 2) | hand["B1"]
+    np.testing.assert_array_equal(np.asanyarray(nib.load(case.label).dataobj), expected.astype(np.uint8))
+    assert label.array.sum() == expected.sum()
+    np.testing.assert_allclose((image.source_affine @ [3, 2, 1, 1])[:3], ras_of([3, 2, 1]), atol=1e-5)
+    rows = _read_csv(out / "nodules.csv")
+    assert [(r["nodule_id"], r["n_readers"], r["in_mask"]) for r in rows] == [("1", "3", "1"), ("2", "1", "1")]
+    centre = ras_of(np.argwhere((hand["A1"].astype(int) + hand["A2"] + hand["A3"]) >= 2).mean(axis=0))
+    np.testing.assert_allclose([float(rows[0][f"centre_{a}_mm"]) for a in "xyz"], centre, atol=1e-3)
+    points = _read_csv(out / "small_and_non_nodules.csv")
+    assert [p["kind"] for p in points] == ["nodule<3mm", "non-nodule"]
+    report = json.loads((out / "import_report.json").read_text())
+    assert len(report["failed"]) == 3 and any("073.xml" in n for n in report["notes"])
+
+
+def test_import_lidc_cases_and_consensus_options(tmp_path, capsys):
+    from lidc_fixtures import expected_reader_masks
+
+    root = _lidc_root(tmp_path)
+    status = main(["import", "lidc", "--input", str(root), "--out", str(tmp_path / "d"), "--cases",
+                   "LIDC-IDRI-0001", "--consensus", "1.0", "--min-readers", "2", "--workers", "1"])
+    assert status == 0
+    assert "1 scan(s) written, 0 failed" in capsys.readouterr().out
+    hand = expected_reader_masks()
+    expected = hand["A1"] & hand["A2"] & hand["A3"]  # B (one reader) left out by --min-readers 2
+    label = np.asanyarray(nib.load(tmp_path / "d" / "labelsTr" / "LIDC-IDRI-0001.nii.gz").dataobj)
+    np.testing.assert_array_equal(label, expected.astype(np.uint8))
+
+
+def test_cli_import_lidc_with_failures_exits_1(tmp_path, capsys):
+    root = _lidc_root(tmp_path)
+    status = main(["import", "lidc", "--input", str(root), "--out", str(tmp_path / "d"), "--workers", "1"])
+    assert status == 1
+    assert "FAILED LIDC-IDRI-0002" in capsys.readouterr().out
