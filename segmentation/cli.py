@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="segment new scans (NIfTI file or folder, or a DICOM series)")
     predict.add_argument("--model", type=Path, required=True, help="run folder with model.keras and config.yaml")
-    predict.add_argument("--input", type=Path, required=True, help="NIfTI file, folder of NIfTI, or DICOM series folder")
+    predict.add_argument("--input", type=Path, required=True,
+                         help="NIfTI or MetaImage (.mhd/.mha) file, folder of them, or DICOM series folder")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--probs", action="store_true", help="also write {case}_probs.nii.gz")
     predict.add_argument("--tta", action="store_true", default=None,

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from segmentation.dicom import LPS_TO_RAS
 from segmentation.lidc import LidcError, SliceIndex, read_series_uid
 
 __all__ = ["LidcSeries", "find_lidc_series", "slice_index"]
@@ -167,7 +168,7 @@ def slice_index(folder: str | os.PathLike, *, affine: np.ndarray, shape: Sequenc
         if "SOPInstanceUID" not in ds or "ImagePositionPatient" not in ds:
             continue
         lps = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-        voxel = inverse @ np.r_[lps * [-1.0, -1.0, 1.0], 1.0]
+        voxel = inverse @ LPS_TO_RAS @ np.r_[lps, 1.0]
         k = int(round(float(voxel[2])))
         if 0 <= k < int(shape[2]) and abs(voxel[2] - k) < 0.05:
             by_sop[str(ds.SOPInstanceUID)] = k

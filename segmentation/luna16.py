@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation.dicom import LPS_TO_RAS
+
 __all__ = [
     "ANNOTATION_COLUMNS",
     "CANDIDATE_COLUMNS",
@@ -39,7 +41,7 @@ __all__ = [
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
-_LPS_RAS_SIGNS = np.array([-1.0, -1.0, 1.0])
+_LPS_RAS_SIGNS = np.diag(LPS_TO_RAS)[:3]
 
 
 class Luna16Error(ValueError):

@@ -27,18 +27,16 @@ from typing import Literal
 
 import numpy as np
 
+from segmentation.dicom import LPS_TO_RAS
 from segmentation.io import METAIMAGE_SUFFIXES, Volume, VolumeError, volume_from_array
 
 __all__ = [
     "MetaImageError",
-    "LPS_TO_RAS",
     "is_metaimage",
     "lps_affine",
     "read_metaimage",
 ]
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-"""Left-multiply an LPS voxel-to-world affine by this to get the NIfTI (RAS) affine."""
 
 _HEADER_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _MAX_HEADER_BYTES = 1 << 16
