@@ -35,7 +35,9 @@ equivalent diameter: ``"<6mm"``, ``"6-8mm"`` (6 to < 8), ``"8-15mm"`` (8 to < 15
 
 Inputs: a NIfTI file; a folder of NIfTI files (every ``.nii``/``.nii.gz`` in it, sorted;
 case id = file name without the suffix and without a trailing ``_0000``); or a folder with
-no NIfTI file holding one DICOM series (case id = the folder name). In a folder run a bad
+no NIfTI file holding one DICOM series (case id = the folder name). MetaImage scans
+(``.mhd`` + ``.raw``, ``.mha``; LUNA16) are read like NIfTI files, one case per header
+(case id = the file name without the suffix). In a folder run a bad
 scan is caught and reported (``lines``, its case record) and the other scans go on; a
 single-scan input raises the error instead (bad input, exit status 2 in the CLI).
 """
@@ -61,6 +63,7 @@ from segmentation import metrics
 from segmentation.config import Config, ConfigError, load_config
 from segmentation.console import progress_bar
 from segmentation.io import (
+    METAIMAGE_SUFFIXES,
     NIFTI_SUFFIXES,
     Volume,
     atomic_write,
@@ -411,18 +414,23 @@ class InputCase:
 
     Attributes:
         case_id: Output file prefix.
-        path: The NIfTI file or the DICOM series folder.
-        kind: ``"nifti"`` or ``"dicom"``.
+        path: The NIfTI or MetaImage file, or the DICOM series folder.
+        kind: ``"nifti"``, ``"metaimage"`` or ``"dicom"``.
     """
 
     case_id: str
     path: Path
-    kind: Literal["nifti", "dicom"]
+    kind: Literal["nifti", "metaimage", "dicom"]
 
 
 def _is_nifti(path: Path) -> bool:
+    """True for a NIfTI or a MetaImage (``.mhd``/``.mha``) scan file."""
     name = path.name.lower()
-    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES)
+    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES + METAIMAGE_SUFFIXES)
+
+
+def _file_kind(path: Path) -> Literal["nifti", "metaimage"]:
+    return "metaimage" if path.name.lower().endswith(METAIMAGE_SUFFIXES) else "nifti"
 
 
 def find_inputs(input_path: str | os.PathLike) -> list[InputCase]:
@@ -449,13 +457,14 @@ def find_inputs(input_path: str | os.PathLike) -> list[InputCase]:
     if path.is_file():
         if not _is_nifti(path):
             raise InferenceError(
-                "Expected a NIfTI file (.nii, .nii.gz), a folder of them, or a folder holding one "
+                "Expected a NIfTI file (.nii, .nii.gz) or MetaImage (.mhd, .mha), a folder of them, "
+                "or a folder holding one "
                 f"DICOM series. Received: input='{path}'"
             )
-        return [InputCase(case_id_from_path(path), path, "nifti")]
+        return [InputCase(case_id_from_path(path), path, _file_kind(path))]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _is_nifti(p))
     if files:
-        cases = [InputCase(case_id_from_path(p), p, "nifti") for p in files]
+        cases = [InputCase(case_id_from_path(p), p, _file_kind(p)) for p in files]
         seen: dict[str, Path] = {}
         for case in cases:
             if case.case_id in seen:
@@ -588,7 +597,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
             threshold: float | None = None, min_size_mm3: float | None = None,
             window: Sequence[int] | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, luna16_csv: str | os.PathLike | None = None) -> dict:
     """Segments one scan or a folder of scans with a trained run (``lungseg predict``).
 
     Args:
@@ -603,6 +612,8 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             multiple of ``2**depth``; None uses ``inference.window`` (or the training patch).
         overwrite: Redo cases whose mask already exists (otherwise they are skipped).
         progress: Show a tqdm bar over the scans (stderr).
+        luna16_csv: Also write a LUNA16 candidates file here (`pipelines.luna16_eval.write_candidates`:
+            one row per nodule of every ok or skipped case, LPS for MetaImage/DICOM input).
 
     Returns:
         ``{"cases": [...], "failed": int, "lines": [...], "out_dir": str}``. Each case is
@@ -672,6 +683,14 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
                       seconds=round(seconds, 3))
         lines.append(f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)")
         records.append(record)
+    if luna16_csv is not None:
+        from pipelines.luna16_eval import write_candidates
+
+        kinds = {case.case_id: case.kind for case in cases}
+        done = [(r["case_id"], kinds[r["case_id"]], output_paths(out, r["case_id"])["json"])
+                for r in records if r["status"] != "failed"]
+        csv_path, n_rows = write_candidates(luna16_csv, done)
+        lines.append(f"LUNA16 candidates: {n_rows} row(s) of {len(done)} scan(s) -> {csv_path}")
     failed = sum(r["status"] == "failed" for r in records)
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
     lines.append(

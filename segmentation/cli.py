@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(repeatable)")
 
     evaluate = commands.add_parser("evaluate", help="voxel and lesion-level metrics of predicted masks")
-    evaluate.add_argument("--pred", type=Path, required=True, help="predicted masks ({case}_mask.nii.gz or same names)")
-    evaluate.add_argument("--truth", type=Path, required=True, help="ground-truth masks")
+    evaluate.add_argument("--pred", type=Path, default=None, help="predicted masks ({case}_mask.nii.gz or same names)")
+    evaluate.add_argument("--truth", type=Path, default=None, help="ground-truth masks")
     evaluate.add_argument("--probs", type=Path, default=None, help="probability maps for FROC/CPM")
     evaluate.add_argument("--out", type=Path, required=True, help="report folder")
     evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26)
@@ -78,10 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                                "x_mm,y_mm,z_mm and attribute columns): recall by attribute")
     evaluate.add_argument("--nodules-frame", choices=("ras", "lps"), default=None,
                           help="frame of the CSV centres without a frame column (default ras)")
+    evaluate.add_argument("--luna16", type=Path, default=None, metavar="ANNOTATIONS_CSV",
+                          help="LUNA16 FROC protocol instead of masks: annotations.csv (needs --candidates)")
+    evaluate.add_argument("--candidates", type=Path, default=None,
+                          help="LUNA16 candidates CSV (seriesuid,coordX,coordY,coordZ,probability)")
+    evaluate.add_argument("--excluded", type=Path, default=None,
+                          help="annotations_excluded.csv: hits on these are neither TP nor FP")
+    evaluate.add_argument("--seriesuids", type=Path, default=None,
+                          help="the evaluated scans (default: every scan named in the CSV files)")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples (LUNA16)")
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (LUNA16)")
 
     predict = commands.add_parser("predict", help="segment new scans (NIfTI file or folder, or a DICOM series)")
     predict.add_argument("--model", type=Path, required=True, help="run folder with model.keras and config.yaml")
-    predict.add_argument("--input", type=Path, required=True, help="NIfTI file, folder of NIfTI, or DICOM series folder")
+    predict.add_argument("--input", type=Path, required=True,
+                         help="NIfTI or MetaImage (.mhd/.mha) file, folder of them, or DICOM series folder")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--probs", action="store_true", help="also write {case}_probs.nii.gz")
     predict.add_argument("--tta", action="store_true", default=None,
@@ -92,6 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="sliding window in voxels, one size per spatial axis of the model "
                               "(default: the run's inference.window, else its training patch)")
     predict.add_argument("--overwrite", action="store_true", help="redo cases already written")
+    predict.add_argument("--luna16-csv", type=Path, default=None,
+                         help="also write LUNA16 candidates (one row per nodule) to this CSV")
+
+    importer = commands.add_parser("import", help="convert LIDC-IDRI or LUNA16 to an MSD dataset")
+    sources = importer.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    luna16 = sources.add_parser("luna16", help="LUNA16 .mhd scans + annotations.csv")
+    luna16.add_argument("--input", type=Path, required=True, help="LUNA16 root (subset0 ... subset9)")
+    luna16.add_argument("--annotations", type=Path, required=True, help="annotations.csv")
+    luna16.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    luna16.add_argument("--mask", choices=("sphere", "none"), default="sphere",
+                        help="label each annotation as a ball of its diameter (default), or no labels")
+    luna16.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
+    luna16.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
+    lidc = sources.add_parser("lidc", help="LIDC-IDRI DICOM series + reader XML (TCIA folder tree)")
+    lidc.add_argument("--input", type=Path, required=True, help="LIDC-IDRI root (patient/study/series)")
+    lidc.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    lidc.add_argument("--consensus", type=float, default=0.5,
+                      help="share of a nodule's readers that must mark a voxel (default 0.5)")
+    lidc.add_argument("--min-readers", type=int, default=1,
+                      help="nodules marked by fewer readers stay out of the mask (default 1)")
+    lidc.add_argument("--cases", nargs="+", default=None, metavar="ID",
+                      help="only these PatientIDs, case ids or SeriesInstanceUIDs")
+    lidc.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
+    lidc.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench.add_argument("what", choices=("train", "infer", "evaluate"))
@@ -182,6 +217,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.luna16 is not None or args.candidates is not None:
+        return _run_evaluate_luna16(args)
+    if args.pred is None or args.truth is None:
+        raise ValueError("Expected --pred and --truth (or --luna16 with --candidates). "
+                         f"Received: --pred={args.pred}, --truth={args.truth}")
     from pipelines.evaluate import evaluate
 
     summary = evaluate(
@@ -203,6 +243,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return _EXIT_OK
 
 
+def _run_evaluate_luna16(args: argparse.Namespace) -> int:
+    if args.luna16 is None or args.candidates is None:
+        raise ValueError("Expected both --luna16 ANNOTATIONS_CSV and --candidates FILE. "
+                         f"Received: --luna16={args.luna16}, --candidates={args.candidates}")
+    from pipelines.luna16_eval import evaluate_luna16
+
+    summary = evaluate_luna16(annotations=args.luna16, candidates=args.candidates, out_dir=args.out,
+                              excluded=args.excluded, seriesuids=args.seriesuids,
+                              n_bootstrap=args.bootstrap, seed=args.seed, overwrite=args.overwrite)
+    _print_json({k: v for k, v in summary.items() if k != "curve"})
+    return _EXIT_OK
+
+
 def _run_predict(args: argparse.Namespace) -> int:
     from pipelines.infer import predict
 
@@ -216,7 +269,24 @@ def _run_predict(args: argparse.Namespace) -> int:
         min_size_mm3=args.min_size_mm3,
         window=args.window,
         overwrite=args.overwrite,
+        luna16_csv=args.luna16_csv,
     )
+    for line in result["lines"]:
+        print(line)
+    return _EXIT_PARTIAL if result["failed"] else _EXIT_OK
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from pipelines import importers
+
+    if args.source == "luna16":
+        result = importers.import_luna16(input_dir=args.input, annotations=args.annotations,
+                                         out_dir=args.out, mask=args.mask, workers=args.workers,
+                                         overwrite=args.overwrite)
+    else:
+        result = importers.import_lidc(input_dir=args.input, out_dir=args.out, consensus=args.consensus,
+                                       min_readers=args.min_readers, cases=args.cases,
+                                       workers=args.workers, overwrite=args.overwrite)
     for line in result["lines"]:
         print(line)
     return _EXIT_PARTIAL if result["failed"] else _EXIT_OK
@@ -261,6 +331,7 @@ _COMMANDS = {
     "train": _run_train,
     "evaluate": _run_evaluate,
     "predict": _run_predict,
+    "import": _run_import,
     "bench": _run_bench,
     "study": _run_study,
 }

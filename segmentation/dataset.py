@@ -12,6 +12,9 @@ Layouts, tried in this order:
   ``labelsTr/`` (test: ``imagesTs/`` + ``labelsTs/``, else ``images/`` + ``labels/`` with
   optional labels), paired by case id (file name without ``.nii(.gz)`` and ``_0000``).
 
+Scans may also be MetaImage (``.mhd`` header beside its ``.raw``, or ``.mha``): plain folders
+list them with the NIfTI files, and an nnU-Net ``file_ending`` may be ``.mha``/``.mhd``.
+
 Every path must resolve (``os.path.realpath``) inside the dataset root; entries that escape
 it (``..``, absolute paths, symlinks pointing out) are rejected.
 """
@@ -28,11 +31,12 @@ from typing import Literal
 
 import numpy as np
 
-from segmentation.io import NIFTI_SUFFIXES, case_id_from_path
+from segmentation.io import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, case_id_from_path
 
 __all__ = ["Case", "DatasetError", "discover_cases", "kfold_split", "split_cases"]
 
 _SPLITS = ("train", "test")
+_SCAN_SUFFIXES = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
 _MAX_LISTED = 10
 
 
@@ -111,7 +115,7 @@ def _nifti_files(folder: Path, root_real: str, *, file_ending: str | None = None
         if file_ending is not None:
             if not entry.endswith(file_ending):
                 continue
-        elif not lower.endswith(NIFTI_SUFFIXES):
+        elif not lower.endswith(_SCAN_SUFFIXES):
             continue
         rel = os.path.relpath(folder / entry, root_real)
         path = _resolve_inside(root_real, rel, what=f"file '{folder.name}/{entry}'")
@@ -135,7 +139,7 @@ def _index_by_case(paths: Sequence[Path], *, folder: str, strip_channel: bool = 
 
 
 def _strip_nifti(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in _SCAN_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -247,9 +251,9 @@ def _discover_nnunet(root_real: str, data: dict, json_path: Path, split: str) ->
             f"Received: channel_names={channels!r}"
         )
     file_ending = data.get("file_ending", ".nii.gz")
-    if file_ending not in NIFTI_SUFFIXES:
+    if file_ending not in _SCAN_SUFFIXES:
         raise DatasetError(
-            f"Expected file_ending in {list(NIFTI_SUFFIXES)} in '{json_path}'. "
+            f"Expected file_ending in {list(_SCAN_SUFFIXES)} in '{json_path}'. "
             f"Received: file_ending={file_ending!r}"
         )
     image_dir, label_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
@@ -333,7 +337,7 @@ def _discover_plain(root_real: str, split: str) -> list[Case]:
                                 folder=f"{root_real}/{label_dir}")
     if not images:
         raise DatasetError(
-            f"Expected at least one .nii/.nii.gz image in '{root_real}/{image_dir}'. "
+            f"Expected at least one .nii/.nii.gz (or .mhd/.mha) image in '{root_real}/{image_dir}'. "
             f"Received: none"
         )
     return _pair(images, labels, root_real=root_real, image_dir=image_dir,

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
     from segmentation.alignment import Geometry
 
 __all__ = [
+    "METAIMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
     "Volume",
     "VolumeError",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+METAIMAGE_SUFFIXES = (".mhd", ".mha")  # read through segmentation.metaimage (SimpleITK)
 _CHANNEL_SUFFIX = "_0000"
 _KINDS_READ = ("image", "mask")
 _KINDS_WRITE = ("mask", "probs", "image")
@@ -92,11 +94,21 @@ def _nifti_suffix(path: Path) -> str | None:
     return None
 
 
-def case_id_from_path(path: str | os.PathLike) -> str:
-    """Returns the case id of a NIfTI file name.
+def _scan_suffix(path: Path) -> str | None:
+    """The NIfTI or MetaImage suffix of a file name, or None."""
+    name = path.name.lower()
+    for suffix in METAIMAGE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return path.name[-len(suffix) :]
+    return _nifti_suffix(path)
 
-    The id is the file name without ``.nii.gz`` / ``.nii`` and without a trailing ``_0000``
-    channel suffix (nnU-Net naming): ``imagesTr/lung_001_0000.nii.gz`` -> ``"lung_001"``.
+
+def case_id_from_path(path: str | os.PathLike) -> str:
+    """Returns the case id of a NIfTI (or MetaImage) file name.
+
+    The id is the file name without ``.nii.gz`` / ``.nii`` (``.mhd`` / ``.mha``) and without
+    a trailing ``_0000`` channel suffix (nnU-Net naming): ``imagesTr/lung_001_0000.nii.gz``
+    -> ``"lung_001"``.
 
     Args:
         path: A file path (only its name is used).
@@ -108,10 +120,11 @@ def case_id_from_path(path: str | os.PathLike) -> str:
         ValueError: If the name does not end in ``.nii`` or ``.nii.gz``.
     """
     path = _as_path(path)
-    suffix = _nifti_suffix(path)
+    suffix = _scan_suffix(path)
     if suffix is None:
         raise ValueError(
-            f"Expected a NIfTI file name ending in .nii or .nii.gz. Received: path='{path}'"
+            "Expected a NIfTI file name ending in .nii or .nii.gz (or a MetaImage .mhd/.mha). "
+            f"Received: path='{path}'"
         )
     stem = path.name[: -len(suffix)]
     if stem.endswith(_CHANNEL_SUFFIX) and len(stem) > len(_CHANNEL_SUFFIX):
@@ -352,8 +365,11 @@ def read_volume(
 ) -> Volume:
     """Reads a NIfTI CT or mask into canonical (RAS+) voxel order.
 
+    A MetaImage file (``.mhd``/``.mha``) is read by `segmentation.metaimage.read_metaimage`
+    (same Volume, header built from the ITK geometry).
+
     Args:
-        path: A ``.nii`` or ``.nii.gz`` file.
+        path: A ``.nii`` or ``.nii.gz`` file (or ``.mhd``/``.mha``).
         kind: ``"image"`` gives float32 values with scl_slope/scl_inter applied; ``"mask"``
             gives uint8 after checking that every value is 0 or 1.
         binarize: For masks, map every integral label > 0 to 1 instead of raising.
@@ -369,6 +385,10 @@ def read_volume(
     """
     _check_kind(kind, _KINDS_READ)
     path = _as_path(path)
+    if _scan_suffix(path) is not None and _nifti_suffix(path) is None:
+        from segmentation.metaimage import read_metaimage  # lazy: SimpleITK
+
+        return read_metaimage(path, kind=kind, binarize=binarize)
     if _nifti_suffix(path) is None:
         raise VolumeError(
             f"Expected a NIfTI file ending in .nii or .nii.gz. Received: path='{path}'"

@@ -608,9 +608,9 @@ def test_folder_without_scans_is_an_error(tmp_path):
 
 
 def test_input_that_is_not_nifti_is_an_error(tmp_path):
-    path = tmp_path / "scan.mha"
+    path = tmp_path / "scan.nrrd"
     path.write_text("x")
-    with pytest.raises(InferenceError, match=r"scan\.mha"):
+    with pytest.raises(InferenceError, match=r"scan\.nrrd"):
         find_inputs(path)
 
 
@@ -679,3 +679,35 @@ def test_end_to_end_phantom_train_predict_evaluate(tmp_path):
                        probs_dir=probs_dir, out_dir=tmp_path / "report")
     assert summary["missing_predictions"] == [] and summary["resampled_cases"] == []
     assert (tmp_path / "report" / "summary.json").is_file()
+
+
+def test_metaimage_scan_gives_a_mask_on_its_grid_and_luna16_candidates_in_lps(truth_run, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    shape = (16, 14, 9)
+    origin_lps = np.array([-20.0, 15.0, -100.0])
+    spacing = np.array([0.8, 0.7, 2.0])
+    affine_ras = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine_ras[:3, 3] = origin_lps * [-1, -1, 1]
+    centre_vox = np.array([7.0, 6.0, 4.0])
+    centre_ras = affine_ras[:3, :3] @ centre_vox + affine_ras[:3, 3]
+    hu, truth = _phantom(shape, affine_ras, [(centre_ras, 2.45)])  # no voxel on the sphere
+    image = sitk.GetImageFromArray(hu.astype(np.int16).transpose(2, 1, 0))
+    image.SetOrigin(origin_lps.tolist())
+    image.SetSpacing(spacing.tolist())
+    scan_dir = tmp_path / "subset0"
+    scan_dir.mkdir()
+    sitk.WriteImage(image, str(scan_dir / "1.3.6.99.mhd"))
+
+    result = predict(model_dir=truth_run, input_path=scan_dir, out_dir=tmp_path / "out",
+                     progress=False, luna16_csv=tmp_path / "candidates.csv")
+    assert result["failed"] == 0
+    written = nib.load(tmp_path / "out" / "1.3.6.99_mask.nii.gz")
+    np.testing.assert_allclose(written.affine, affine_ras, atol=1e-5)
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), truth)
+    rows = _read_csv(tmp_path / "candidates.csv")
+    assert len(rows) == 1 and rows[0]["seriesuid"] == "1.3.6.99"
+    centre_lps = origin_lps + spacing * centre_vox
+    found = np.array([float(rows[0][k]) for k in ("coordX", "coordY", "coordZ")])
+    np.testing.assert_allclose(found, centre_lps, atol=1e-3)
+    assert 0.99 < float(rows[0]["probability"]) <= 1.0
+    assert "LUNA16 candidates: 1 row(s) of 1 scan(s)" in result["lines"][-2]

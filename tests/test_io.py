@@ -386,8 +386,15 @@ def test_missing_file(tmp_path):
 
 
 def test_wrong_suffix(tmp_path):
+    (tmp_path / "scan.mgz").write_bytes(b"x")
+    with pytest.raises(VolumeError, match=r"\.nii or \.nii\.gz.*scan\.mgz"):
+        read_volume(tmp_path / "scan.mgz")
+
+
+def test_corrupt_metaimage_is_read_through_segmentation_metaimage(tmp_path):
+    pytest.importorskip("SimpleITK")
     (tmp_path / "scan.mha").write_bytes(b"x")
-    with pytest.raises(VolumeError, match=r"\.nii or \.nii\.gz.*scan\.mha"):
+    with pytest.raises(VolumeError, match=r"MetaImage header.*scan\.mha"):
         read_volume(tmp_path / "scan.mha")
 
 
