@@ -15,7 +15,8 @@ into many other places teaches it *what* a nodule is. This module is our own ver
 2. **The paste** (`paste_lesions`, per patch): 1..``max_count`` lesions of **other** cases,
    each randomly flipped along every axis, rotated by a multiple of 90 degrees in the axial
    plane (axes 0, 1), rescaled by a factor in ``scale`` (`scipy.ndimage.zoom`, linear for
-   image and weight, nearest for the mask) and shifted in intensity, are placed where their
+   image, weight and mask, the mask then thresholded at 0.5 so that it stays aligned with
+   the interpolated image) and shifted in intensity, are placed where their
    whole soft-edge region lies inside the patch's lung region, at least ``edge_vox`` voxels
    from the patch border and outside the existing truth mask dilated by ``edge_vox``.
    Solid lesions replace what they cover (``under + w * (lesion - under)``); subsolid ones
@@ -107,7 +108,7 @@ class LesionPasteSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"Expected lesion_paste.enabled to be a bool. Received: enabled={self.enabled!r}")
+            raise ValueError(f"Expected augment.lesion_paste.enabled to be a bool. Received: enabled={self.enabled!r}")
         _check_probability(self.probability, "augment.lesion_paste.probability")
         _check_count(self.max_count, "augment.lesion_paste.max_count", 1)
         _check_count(self.edge_vox, "augment.lesion_paste.edge_vox", 1)
@@ -115,11 +116,11 @@ class LesionPasteSpec:
         jitter = self.intensity_jitter_hu
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
             raise ValueError(
-                f"Expected lesion_paste.intensity_jitter_hu >= 0. Received: intensity_jitter_hu={jitter!r}")
+                f"Expected augment.lesion_paste.intensity_jitter_hu >= 0. Received: intensity_jitter_hu={jitter!r}")
         level = self.subsolid_below_hu
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
             raise ValueError(
-                f"Expected lesion_paste.subsolid_below_hu to be a finite number. Received: subsolid_below_hu={level!r}")
+                f"Expected augment.lesion_paste.subsolid_below_hu to be a finite number. Received: subsolid_below_hu={level!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -233,7 +234,9 @@ def transform_lesion(lesion: BankLesion, rng: np.random.Generator, *, scale: tup
     if factor != 1.0:
         image = ndi.zoom(image, factor, order=1, mode="nearest")
         weight = ndi.zoom(weight, factor, order=1, mode="nearest")
-        mask = ndi.zoom(mask.astype(np.uint8), factor, order=0, mode="nearest") > 0
+        # linear then >= 0.5, not nearest: a mask voxel is one whose interpolated image is
+        # mostly lesion, so the rim of the mask stays aligned with the rim of the image
+        mask = ndi.zoom(mask.astype(np.float32), factor, order=1, mode="nearest") >= 0.5
     if not mask.any():
         return None
     weight = np.maximum(np.clip(weight, 0.0, 1.0), mask).astype(np.float32)

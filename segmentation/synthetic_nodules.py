@@ -96,7 +96,7 @@ class SyntheticNoduleSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"Expected synthetic_nodules.enabled to be a bool. Received: enabled={self.enabled!r}")
+            raise ValueError(f"Expected augment.synthetic_nodules.enabled to be a bool. Received: enabled={self.enabled!r}")
         _check_probability(self.probability, "augment.synthetic_nodules.probability")
         _check_count(self.max_count, "augment.synthetic_nodules.max_count", 1)
         _check_count(self.edge_vox, "augment.synthetic_nodules.edge_vox", 1)
