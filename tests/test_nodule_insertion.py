@@ -165,3 +165,27 @@ def test_levels_go_through_the_normalisation_owner():
     stats = CTStats(mean_hu=-500.0, std_hu=250.0, lower_hu=-1000.0, upper_hu=400.0)
     zscore = intensity_levels(PreprocessSpec(normalisation="ct_zscore", ct_stats=stats), subsolid_below_hu=-300.0)
     assert zscore.subsolid == pytest.approx(0.8) and zscore.units_per_hu == pytest.approx(1 / 250)
+
+
+@pytest.mark.slow
+def test_training_smoke_with_paste_and_synthetic_nodules(tmp_path, caplog):
+    from pipelines.train import prepare_data, train
+    from segmentation.config import load_config
+    from segmentation.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "ph", n_cases=4, seed=3, size=(64, 64, 40), spacing_mm=(2.0, 2.0, 2.5))
+    config = load_config(None, overrides=[
+        "model.filters=[4,8]", "model.norm=batch", "train.patch_size=[16,16,16]", "train.batch_size=2",
+        "train.steps_per_epoch=3", "train.epochs=1", "train.num_parallel_calls=2", "inference.batch_size=2",
+        "inference.overlap=0.0", "data.val_fraction=0.25", "preprocess.target_spacing_mm=[3.0,3.0,3.0]",
+        "augment.lesion_paste.enabled=true", "augment.lesion_paste.probability=1.0",
+        "augment.synthetic_nodules.enabled=true", "augment.synthetic_nodules.probability=1.0",
+        "augment.synthetic_nodules.diameter_mm=[3.0,12.0]"])
+    prepared = prepare_data(config, data_dir=data, run_dir=tmp_path / "prep", progress=False)
+    assert isinstance(prepared.sampler, NoduleInsertionSampler)
+    assert any(lung is not None for lung in prepared.sampler.lungs)
+    assert list(prepared.cache_dir.glob("*_lung_v1.npy"))
+    sampler = prepared.sampler
+    assert any(sampler.sample(i)[1].sum() > sampler.sampler.sample(i)[1].sum() for i in range(20))
+    summary = train(config, data_dir=data, out_dir=tmp_path / "run", progress=False)
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
