@@ -10,8 +10,8 @@ order, and after a resume. The flips, rotations and intensity changes of
 `segmentation.augmentation` come afterwards, as before.
 
 At preparation time, per training case: the lung region (`segmentation.lungmask.lung_region`
-on the preprocessed image, the -400 HU threshold brought through the config's normalisation)
-is computed once and cached beside the preprocessed case (``{case}_lung_v1.npy``; read as a
+on the preprocessed image, the -400 HU threshold brought through the config's normalisation,
+without the closing that takes back juxtapleural indents) is computed once and cached beside the preprocessed case (``{case}_lung_v1.npy``; read as a
 memmap, only inside each patch), and the lesion bank is cut. HU levels (the subsolid
 threshold, the jitter and the nodules' contrast) are converted through the preprocessing
 normalisation (`PreprocessSpec.normalise`), never hard-coded in normalised units.
@@ -45,6 +45,9 @@ _PASTE_STREAM = 0x50415354  # "PAST": separates the paste's generator from the s
 _SYNTHETIC_STREAM = 0x53594E54  # "SYNT"
 _PARENCHYMA_BELOW_HU = -500.0
 _LUNG_CACHE_SUFFIX = "_lung_v1.npy"
+# No closing: inserts need the parenchyma, not the juxtapleural indents the closing takes back
+# (the region shrinks by about 1 %, and costs 0.5 s instead of 3 s per 192 x 192 x 120 case).
+_LUNG_CLOSING_MM = 0.0
 
 
 class IntensityLevels:
@@ -81,7 +84,8 @@ def _lung_path(cache_dir: Path, case_id: str) -> Path:
 
 def _compute_lung(case: Any, threshold: float) -> np.ndarray:
     spacing = tuple(getattr(case, "spacing_mm", None) or (1.0, 1.0, 1.0))
-    return lung_region(np.asarray(case.image), spacing_mm=spacing, threshold=threshold)
+    return lung_region(np.asarray(case.image), spacing_mm=spacing, threshold=threshold,
+                       closing_mm=_LUNG_CLOSING_MM)
 
 
 def case_lung_regions(cases: Sequence[Any], *, threshold: float,
