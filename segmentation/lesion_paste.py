@@ -119,8 +119,8 @@ class LesionPasteSpec:
                 f"Expected augment.lesion_paste.intensity_jitter_hu >= 0. Received: intensity_jitter_hu={jitter!r}")
         level = self.subsolid_below_hu
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level):
-            raise ValueError(
-                f"Expected augment.lesion_paste.subsolid_below_hu to be a finite number. Received: subsolid_below_hu={level!r}")
+            raise ValueError("Expected augment.lesion_paste.subsolid_below_hu to be a finite number. "
+                             f"Received: subsolid_below_hu={level!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

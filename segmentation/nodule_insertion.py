@@ -11,8 +11,9 @@ order, and after a resume. The flips, rotations and intensity changes of
 
 At preparation time, per training case: the lung region (`segmentation.lungmask.lung_region`
 on the preprocessed image, the -400 HU threshold brought through the config's normalisation,
-without the closing that takes back juxtapleural indents) is computed once and cached beside the preprocessed case (``{case}_lung_v1.npy``; read as a
-memmap, only inside each patch), and the lesion bank is cut. HU levels (the subsolid
+without the closing that takes back juxtapleural indents) is computed once and cached beside
+the preprocessed case (``{case}_lung_v1.npy``; read as a memmap, only inside each patch), and
+the lesion bank is cut. HU levels (the subsolid
 threshold, the jitter and the nodules' contrast) are converted through the preprocessing
 normalisation (`PreprocessSpec.normalise`), never hard-coded in normalised units.
 

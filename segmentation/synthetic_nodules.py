@@ -96,17 +96,22 @@ class SyntheticNoduleSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"Expected augment.synthetic_nodules.enabled to be a bool. Received: enabled={self.enabled!r}")
+            raise ValueError("Expected augment.synthetic_nodules.enabled to be a bool. "
+                             f"Received: enabled={self.enabled!r}")
         _check_probability(self.probability, "augment.synthetic_nodules.probability")
         _check_count(self.max_count, "augment.synthetic_nodules.max_count", 1)
         _check_count(self.edge_vox, "augment.synthetic_nodules.edge_vox", 1)
-        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        fix("diameter_mm", _check_pair(self.diameter_mm, "augment.synthetic_nodules.diameter_mm", positive=True))
-        fix("solid_delta_hu", _check_pair(self.solid_delta_hu, "augment.synthetic_nodules.solid_delta_hu", minimum=0.0))
-        fix("ground_glass_delta_hu",
-            _check_pair(self.ground_glass_delta_hu, "augment.synthetic_nodules.ground_glass_delta_hu", minimum=0.0))
-        fix("kind_weights", _check_weights(self.kind_weights, "augment.synthetic_nodules.kind_weights", len(NODULE_KINDS)))
-        fix("shape_weights", _check_weights(self.shape_weights, "augment.synthetic_nodules.shape_weights", len(NODULE_SHAPES)))
+        key = "augment.synthetic_nodules."
+        checked = {
+            "diameter_mm": _check_pair(self.diameter_mm, key + "diameter_mm", positive=True),
+            "solid_delta_hu": _check_pair(self.solid_delta_hu, key + "solid_delta_hu", minimum=0.0),
+            "ground_glass_delta_hu": _check_pair(self.ground_glass_delta_hu, key + "ground_glass_delta_hu",
+                                                 minimum=0.0),
+            "kind_weights": _check_weights(self.kind_weights, key + "kind_weights", len(NODULE_KINDS)),
+            "shape_weights": _check_weights(self.shape_weights, key + "shape_weights", len(NODULE_SHAPES)),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # frozen: store the normalised tuples
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
