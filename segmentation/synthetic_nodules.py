@@ -28,7 +28,9 @@ truth (dilated), relative to the patch's parenchyma: its median ``P`` and noise 
 voxels become ``P + delta_solid`` plus noise of standard deviation ``s`` (white noise
 smoothed like a CT kernel, rescaled to ``s``). Ground-glass: ``delta_ggo`` is *added*
 (vessels and noise under it stay; the result is never darker than what was there).
-Part-solid: ground glass with a solid core of 30-60 % of the radius.
+Part-solid: ground glass with a solid core of 30-60 % of the radius. Added ground glass is
+capped at the patch's brightest voxel, so a nodule over a vessel creates no value the scan
+does not already have (a HU-windowed image stays in [0, 1]).
 """
 
 from __future__ import annotations
@@ -278,6 +280,7 @@ def insert_nodules(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, spe
     if stats is None:
         return image, mask.astype(np.uint8), painted
     level, noise_sd = stats
+    ceiling = float(image.max())
     ball = ndi.generate_binary_structure(3, 1)
     for _ in range(int(rng.integers(1, spec.max_count + 1))):
         forbidden = ndi.binary_dilation(mask, ball, iterations=spec.edge_vox)
@@ -298,7 +301,8 @@ def insert_nodules(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, spe
             if nodule.kind == "solid":
                 out = under + alpha * (solid + noise - under)
             else:
-                out = under + alpha * ggo
+                # added, but never above the patch's brightest voxel (no value the scan lacks)
+                out = np.minimum(under + alpha * ggo, np.maximum(under, ceiling))
                 out = out + core * (solid + noise - out)
             image[box] = out.astype(np.float32)
             mask[box] |= nodule_mask
