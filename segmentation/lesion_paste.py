@@ -209,8 +209,9 @@ def build_lesion_bank(cases: Sequence[Any], lesions: Sequence[Any], *, edge_vox:
     return bank
 
 
-def transform_lesion(lesion: BankLesion, rng: np.random.Generator, *, scale: tuple[float, float],
-                     shift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def transform_lesion(lesion: BankLesion, rng: np.random.Generator, *, scale: tuple[float, float], shift: float,
+                     value_range: tuple[float, float] = (-np.inf, np.inf),
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Flips, rotates (90-degree steps, axial plane), rescales and shifts a bank lesion.
 
     Args:
@@ -218,6 +219,8 @@ def transform_lesion(lesion: BankLesion, rng: np.random.Generator, *, scale: tup
         rng: The sample's generator.
         scale: Rescaling factor range.
         shift: Maximum absolute intensity shift (normalised units).
+        value_range: ``(low, high)`` the shifted image is clipped to: the values the
+            normalisation can produce.
 
     Returns:
         ``(image float32, mask bool, weight float32)`` of one shape, or None when the
@@ -240,7 +243,8 @@ def transform_lesion(lesion: BankLesion, rng: np.random.Generator, *, scale: tup
     if not mask.any():
         return None
     weight = np.maximum(np.clip(weight, 0.0, 1.0), mask).astype(np.float32)
-    return (image + np.float32(delta)).astype(np.float32), np.ascontiguousarray(mask), weight
+    shifted = np.clip(image + np.float32(delta), *value_range)  # a windowed image stays in [0, 1]
+    return shifted.astype(np.float32), np.ascontiguousarray(mask), weight
 
 
 def find_position(lung: np.ndarray, forbidden: np.ndarray, *, inner: np.ndarray, outer: np.ndarray,
@@ -293,8 +297,8 @@ def blend(under: np.ndarray, lesion: np.ndarray, weight: np.ndarray, *, subsolid
 
 
 def paste_lesions(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, bank: Sequence[BankLesion],
-                  case_id: str, spec: LesionPasteSpec, rng: np.random.Generator,
-                  units_per_hu: float) -> tuple[np.ndarray, np.ndarray, int]:
+                  case_id: str, spec: LesionPasteSpec, rng: np.random.Generator, units_per_hu: float,
+                  value_range: tuple[float, float] = (-np.inf, np.inf)) -> tuple[np.ndarray, np.ndarray, int]:
     """Pastes 1..``spec.max_count`` lesions of other cases into a patch's lungs.
 
     Args:
@@ -306,6 +310,7 @@ def paste_lesions(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, bank
         spec: The settings (``probability`` is the caller's: this always pastes).
         rng: The sample's generator.
         units_per_hu: Normalised intensity units per HU (for the jitter).
+        value_range: Values the normalisation can produce; jittered lesions are clipped to it.
 
     Returns:
         ``(image float32, mask uint8, n_pasted)``; new arrays, the inputs are not changed.
@@ -326,7 +331,8 @@ def paste_lesions(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, bank
         forbidden = ndi.binary_dilation(mask, ball, iterations=spec.edge_vox)
         for _ in range(_LESIONS_PER_PASTE):
             lesion = others[int(rng.integers(len(others)))]
-            moved = transform_lesion(lesion, rng, scale=spec.scale, shift=spec.intensity_jitter_hu * units_per_hu)
+            moved = transform_lesion(lesion, rng, scale=spec.scale, shift=spec.intensity_jitter_hu * units_per_hu,
+                                     value_range=value_range)
             if moved is None:
                 continue
             lesion_image, lesion_mask, weight = moved

@@ -60,6 +60,7 @@ class IntensityLevels:
         subsolid: ``lesion_paste.subsolid_below_hu``.
         units_per_hu: Normalised units per HU between -850 HU and 50 HU (linear there for
             the HU window and the z-score unless a window clips inside that range).
+        value_range: Normalised -1024 and 3071 HU: the values the normalisation can produce.
     """
 
     def __init__(self, normalise: Any, *, subsolid_below_hu: float) -> None:
@@ -68,6 +69,7 @@ class IntensityLevels:
         self.parenchyma = level(_PARENCHYMA_BELOW_HU)
         self.subsolid = level(subsolid_below_hu)
         self.units_per_hu = (level(50.0) - level(-850.0)) / 900.0
+        self.value_range = (level(-1024.0), level(3071.0))  # what the normalisation can produce
         if not self.units_per_hu > 0:
             raise ValueError(
                 "Expected a normalisation that increases between -850 and 50 HU. "
@@ -182,7 +184,8 @@ class NoduleInsertionSampler:
         img, msk = image[..., 0], mask[..., 0]
         if do_paste:
             img, msk, _ = paste_lesions(img, msk, lung_patch, bank=self.bank, case_id=location.case_id,
-                                        spec=self.paste, rng=paste_rng, units_per_hu=self.levels.units_per_hu)
+                                        spec=self.paste, rng=paste_rng, units_per_hu=self.levels.units_per_hu,
+                                        value_range=self.levels.value_range)
         if do_synth:
             case = self.sampler.cases[location.case_index]
             spacing = tuple(getattr(case, "spacing_mm", None) or (1.0, 1.0, 1.0))

@@ -231,9 +231,14 @@ def test_transform_rescales_and_keeps_weight_one_on_the_mask():
 
 def test_transform_shift_moves_the_lesion_intensity():
     lesion = _bank_lesion("o", value=SOLID)
-    image, mask, _ = transform_lesion(lesion, np.random.default_rng(1), scale=(1.0, 1.0), shift=0.05)
-    delta = float(image[mask].mean() - SOLID)
-    assert 0 < abs(delta) <= 0.05
+    deltas = []
+    for seed in range(6):
+        image, mask, _ = transform_lesion(lesion, np.random.default_rng(seed), scale=(1.0, 1.0), shift=0.05)
+        deltas.append(float(image[mask].mean() - SOLID))
+    assert all(abs(d) <= 0.05 for d in deltas) and min(deltas) < 0 < max(deltas)
+    image, _, _ = transform_lesion(lesion, np.random.default_rng(0), scale=(1.0, 1.0), shift=0.5,
+                                   value_range=(0.0, 0.75))
+    assert image.min() >= 0.0 and image.max() <= 0.75
 
 
 def test_find_position_returns_none_when_the_insert_does_not_fit():

@@ -161,7 +161,7 @@ def test_lung_regions_are_cached_and_read_back(tmp_path):
 def test_levels_go_through_the_normalisation_owner():
     window = intensity_levels(PREPROCESS, subsolid_below_hu=-300.0)
     assert window.subsolid == pytest.approx(0.5) and window.lung_air == pytest.approx(600 / 1400)
-    assert window.units_per_hu == pytest.approx(1 / 1400)
+    assert window.units_per_hu == pytest.approx(1 / 1400) and window.value_range == (0.0, 1.0)
     stats = CTStats(mean_hu=-500.0, std_hu=250.0, lower_hu=-1000.0, upper_hu=400.0)
     zscore = intensity_levels(PreprocessSpec(normalisation="ct_zscore", ct_stats=stats), subsolid_below_hu=-300.0)
     assert zscore.subsolid == pytest.approx(0.8) and zscore.units_per_hu == pytest.approx(1 / 250)
