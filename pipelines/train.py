@@ -356,6 +356,10 @@ def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | 
         pad_value=_air_pad_value(config),
         background_threshold=_background_threshold(config),
     )
+    from segmentation.nodule_insertion import with_nodule_insertion  # augment.lesion_paste / synthetic_nodules
+
+    sampler = with_nodule_insertion(sampler, augment=config.augment, preprocess=config.preprocess,
+                                    cache_dir=cache_dir)
     augmenter = None
     if config.augment.enabled:
         augmenter = build_augmenter(config.augment, spatial_dims=model_cfg.spatial_dims)

@@ -35,12 +35,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on im
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import albumentations as A
 import cv2
 import numpy as np
+
+from segmentation.lesion_paste import LesionPasteSpec
+from segmentation.synthetic_nodules import SyntheticNoduleSpec
 
 __all__ = ["AugmentSpec", "Augmenter", "build_augmenter"]
 
@@ -72,6 +75,11 @@ class AugmentSpec:
         p_noise: Probability of noise.
         blur_sigma: In-plane Gaussian blur sigma range, in voxels.
         p_blur: Probability of blur.
+        lesion_paste: Lesion copy-paste (`segmentation.lesion_paste`; off by default).
+            Applied by the sampler wrapper `segmentation.nodule_insertion`, before the
+            transforms above; ``enabled: false`` here turns it off too.
+        synthetic_nodules: Synthetic nodule insertion (`segmentation.synthetic_nodules`;
+            off by default), applied there after the paste.
     """
 
     enabled: bool = True
@@ -89,6 +97,8 @@ class AugmentSpec:
     p_noise: float = 0.15
     blur_sigma: tuple[float, float] = (0.5, 1.0)
     p_blur: float = 0.1
+    lesion_paste: LesionPasteSpec = field(default_factory=LesionPasteSpec)
+    synthetic_nodules: SyntheticNoduleSpec = field(default_factory=SyntheticNoduleSpec)
 
 
 def _check_range(spec: AugmentSpec, name: str, *, positive: bool) -> tuple[float, float]:
@@ -125,6 +135,9 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
             f"Expected spec.noise_std <= 1 (a fraction of the range). Received: noise_std={spec.noise_std!r}"
         )
     _check_range(spec, "scale", positive=True)
+    for name, kind in (("lesion_paste", LesionPasteSpec), ("synthetic_nodules", SyntheticNoduleSpec)):
+        if not isinstance(getattr(spec, name), kind):
+            raise TypeError(f"Expected spec.{name} to be a {kind.__name__}. Received: {name}={getattr(spec, name)!r}")
     _check_range(spec, "gamma", positive=True)
     _check_range(spec, "blur_sigma", positive=True)
     axes = tuple(spec.flip_axes)
