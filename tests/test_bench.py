@@ -30,6 +30,7 @@ def _check_common(result: dict, what: str) -> None:
     json.dumps(result, allow_nan=False)  # JSON-safe
 
 
+@pytest.mark.slow
 def test_bench_train_tiny():
     result = run_bench("train", overrides=TINY, steps=2)
     _check_common(result, "train")

@@ -10,6 +10,8 @@ import pytest
 
 from pipelines.demo import DEMO_SETTINGS, DemoSettings, run_demo
 
+pytestmark = pytest.mark.slow  # the tests here train tiny models
+
 TINY = DemoSettings(
     config="quick.yaml",
     n_cases=4,

@@ -645,6 +645,7 @@ def test_bad_options_are_errors(truth_run, tmp_path, kwargs, match):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_end_to_end_phantom_train_predict_evaluate(tmp_path):
     from pipelines.evaluate import evaluate
     from pipelines.train import train

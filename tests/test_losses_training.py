@@ -18,6 +18,8 @@ from losses import (  # noqa: E402
 )
 from losses.base import BinaryLoss  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the tests here train tiny models
+
 ALL_CONFIGS = {
     "bce": "bce", "dice": "dice", "focal": "focal", "tversky": "tversky",
     "focal_tversky": "focal_tversky", "hybrid": "hybrid",

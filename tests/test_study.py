@@ -165,6 +165,7 @@ def first_study(phantom):
     return out, result
 
 
+@pytest.mark.slow
 def test_study_writes_csv_with_documented_columns(first_study):
     out, result = first_study
     with open(out / "study.csv", newline="") as handle:
@@ -183,6 +184,7 @@ def test_study_writes_csv_with_documented_columns(first_study):
     assert [r["status"] for r in result["rows"]] == ["trained", "trained"]
 
 
+@pytest.mark.slow
 def test_study_md_states_each_claim(first_study):
     out, result = first_study
     text = (out / "study.md").read_text()
@@ -195,6 +197,7 @@ def test_study_md_states_each_claim(first_study):
     assert result["text"].startswith("| loss |")
 
 
+@pytest.mark.slow
 def test_study_writes_figures(first_study):
     out, result = first_study
     for name in ("convergence.png", "small_lesion_recall.png"):
@@ -203,6 +206,7 @@ def test_study_writes_figures(first_study):
     assert set(result["paths"]) == {"csv", "md", "convergence", "small_lesion_recall"}
 
 
+@pytest.mark.slow
 def test_heldout_scores_are_those_of_lungseg_evaluate(first_study):
     import json
 
@@ -213,6 +217,7 @@ def test_heldout_scores_are_those_of_lungseg_evaluate(first_study):
         assert row["small_lesion_recall"] == summary["small_lesion_recall"]
 
 
+@pytest.mark.slow
 def test_second_call_keeps_finished_runs(first_study, phantom):
     out, _ = first_study
     root, data = phantom
@@ -225,6 +230,7 @@ def test_second_call_keeps_finished_runs(first_study, phantom):
     assert {p: p.stat().st_mtime_ns for p in models} == models
 
 
+@pytest.mark.slow
 def test_finished_run_with_other_config_is_an_error(first_study, phantom):
     out, _ = first_study
     root, data = phantom
@@ -233,6 +239,7 @@ def test_finished_run_with_other_config_is_an_error(first_study, phantom):
                      n_seeds=1, epochs=2, overrides=TINY)
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_resumed_not_redone(first_study, phantom):
     out, _ = first_study
     root, data = phantom

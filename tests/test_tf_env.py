@@ -33,6 +33,7 @@ def _in_fresh_python(code: str, env_value: str | None) -> str:
     return _run_fresh_python(code, env_value).stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["models", "losses", "pipelines"])
 def test_importing_a_tensorflow_package_prefers_onednn(package):
     code = f"import os, {package}; print(os.environ.get('{ONEDNN_VARIABLE}'))"
@@ -44,6 +45,7 @@ def test_the_users_choice_is_kept():
     assert _in_fresh_python(code, "0") == "0"
 
 
+@pytest.mark.slow
 def test_no_effect_once_tensorflow_is_imported():
     code = (f"import tensorflow, os\nfrom segmentation.tf_env import prefer_onednn\n"
             f"print(prefer_onednn(), os.environ.get('{ONEDNN_VARIABLE}'))")
@@ -78,6 +80,7 @@ def test_cpu_flags_of_a_missing_file_is_none(tmp_path):
     assert cpu_flags(str(tmp_path / "absent")) is None
 
 
+@pytest.mark.slow
 def test_tensorflow_imported_first_warns_where_onednn_stays_off():
     code = ("import warnings\nwarnings.simplefilter('always')\nimport tensorflow\n"
             "import models, losses, pipelines\nprint('imported')")
@@ -87,6 +90,7 @@ def test_tensorflow_imported_first_warns_where_onednn_stays_off():
     assert warned == expected, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_no_warning_when_the_user_chose():
     code = "import warnings\nwarnings.simplefilter('always')\nimport tensorflow\nimport pipelines\nprint('ok')"
     result = _run_fresh_python(code, "0")

@@ -160,6 +160,7 @@ def test_outline_image_is_radiological_with_green_truth_and_red_prediction():
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_two_epoch_end_to_end_on_phantom(tmp_path):
     from segmentation.phantom import write_phantom_dataset
 
@@ -229,6 +230,7 @@ def _weights(run: Path, name: str = "checkpoints/last.keras"):
     return model, [w.numpy() for w in model.weights]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_mid_epoch_equals_uninterrupted_run(tiny_data, tmp_path):
     config = _config("train.deterministic=true", "train.steps_per_epoch=3",
                      "train.tensorboard_images=false")
@@ -256,6 +258,7 @@ def test_resume_after_kill_mid_epoch_equals_uninterrupted_run(tiny_data, tmp_pat
     assert manifest["resumed"][0]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_resume_rolls_forward_a_commit_interrupted_between_renames(tiny_data, tmp_path):
     config = _config("train.epochs=1", "train.tensorboard_images=false")
     run = tmp_path / "run"
@@ -270,6 +273,7 @@ def test_resume_rolls_forward_a_commit_interrupted_between_renames(tiny_data, tm
     assert not (ckpt / "state.json.pending").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_an_error(tiny_data, tmp_path):
     run = tmp_path / "run"
     train(_config("train.epochs=1", "train.tensorboard_images=false"), data_dir=tiny_data,
@@ -310,6 +314,7 @@ def test_used_run_dir_without_resume_is_an_error(tiny_data, tmp_path):
         train(_config(), data_dir=tiny_data, out_dir=run, progress=False)
 
 
+@pytest.mark.slow
 def test_patch_larger_than_scan_is_padded(tiny_data, tmp_path):
     # scans are 24 x 24 x 20 voxels; patches and windows of 32^3 are padded
     config = _config("train.patch_size=[32,32,32]", "train.epochs=1", "train.steps_per_epoch=1",
@@ -318,6 +323,7 @@ def test_patch_larger_than_scan_is_padded(tiny_data, tmp_path):
     assert summary["epochs_completed"] == 1 and summary["val_metrics"]["n_cases"] >= 1
 
 
+@pytest.mark.slow
 def test_disk_full_during_checkpoint_keeps_the_last_good_one(tiny_data, tmp_path, monkeypatch):
     config = _config("train.tensorboard_images=false")
     run = tmp_path / "run"
@@ -341,6 +347,7 @@ def test_disk_full_during_checkpoint_keeps_the_last_good_one(tiny_data, tmp_path
     assert summary["epochs_completed"] == 2
 
 
+@pytest.mark.slow
 def test_nan_loss_names_epoch_and_step(tiny_data, tmp_path):
     class _Poison(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -395,6 +402,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_matches_single_device():
     # plain SGD: unlike Adam, its update is proportional to the gradient, so a wrong loss
     # scale (1/replicas) or a per-replica batch treated as global would show in the weights
@@ -413,6 +421,7 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_single_device():
     assert out["max_weight_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_replicas_is_an_error(tmp_path):
     script = _MIRRORED_SCRIPT.split("overrides = json.loads")[0] + textwrap.dedent(
         """
@@ -438,6 +447,7 @@ def test_batch_not_divisible_by_replicas_is_an_error(tmp_path):
 # --------------------------------------------------------------------------- mixed precision
 
 
+@pytest.mark.slow
 def test_mixed_precision_uses_loss_scaling_and_restores_the_policy(tiny_data, tmp_path):
     config = _config("train.mixed_precision=true", "train.epochs=1", "train.steps_per_epoch=1",
                      "train.tensorboard_images=false")
@@ -454,6 +464,7 @@ def test_mixed_precision_uses_loss_scaling_and_restores_the_policy(tiny_data, tm
 # --------------------------------------------------------------------------- background sampling
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("background", ["uniform", "body"])
 def test_train_background_reaches_the_sampler(tiny_data, tmp_path, background):
     from pipelines.predictor import body_level
