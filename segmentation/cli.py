@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--test-cases", type=int, default=0, help="extra held-out cases (imagesTs/labelsTs)")
     phantom.add_argument("--size", type=int, nargs=3, metavar=("I", "J", "K"), help="voxels per axis")
     phantom.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm")
+    phantom.add_argument("--noise-scale", type=float, default=1.0,
+                         help="factor on the drawn noise level, 0-4 (default 1: a second scanner "
+                              "setting for tests of generalisation)")
+    phantom.add_argument("--kernel", choices=("standard", "sharp", "smooth"), default="standard",
+                         help="reconstruction kernel: point-spread width x1, x0.5 or x1.6 "
+                              "(default standard)")
     phantom.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
 
     train = commands.add_parser("train", help="train a U-Net from a YAML config")
@@ -200,6 +206,8 @@ def _run_phantom(args: argparse.Namespace) -> int:
         spacing_mm=tuple(args.spacing) if args.spacing else None,
         n_test=args.test_cases,
         overwrite=args.overwrite,
+        noise_scale=args.noise_scale,
+        kernel=args.kernel,
     )
     print(f"phantom dataset written to {out}")
     return _EXIT_OK

@@ -49,6 +49,8 @@ MIN_FOV_INPLANE_MM = 100.0
 MAX_FOV_INPLANE_MM = 700.0
 MIN_FOV_SLICE_MM = 30.0
 MAX_NODULES = 10
+KERNELS = {"standard": 1.0, "sharp": 0.5, "smooth": 1.6}
+"""Reconstruction kernels of `generate_case`: factor on the point-spread function's width."""
 MIN_NODULE_VOXELS = 4
 NODULE_KINDS: tuple[str, ...] = ("solid", "part_solid", "ground_glass")
 NODULE_LOCATIONS: tuple[str, ...] = ("intraparenchymal", "juxtapleural", "juxtavascular")
@@ -815,7 +817,8 @@ def _orient(arrays: Sequence[np.ndarray], canonical_affine: np.ndarray,
 
 def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
                   spacing_mm: Sequence[float] | None = None,
-                  n_nodules: int | None = None) -> PhantomCase:
+                  n_nodules: int | None = None, noise_scale: float = 1.0,
+                  kernel: str = "standard") -> PhantomCase:
     """Generates one synthetic chest CT with its nodule mask.
 
     Args:
@@ -826,6 +829,11 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
             1-2.5 mm at the default size (coarser for smaller sizes, same field of view).
         n_nodules: number of nodules to place (0 to 10); None draws 0 to 5. Placement is
             best effort: a nodule that cannot be placed after 40 tries is dropped (logged).
+        noise_scale: factor on the drawn noise level, in [0, 4] (a second scanner setting:
+            low-dose scans are noisier).
+        kernel: reconstruction kernel, one of `KERNELS`: ``standard`` (the point-spread
+            function below), ``sharp`` (half its width: crisp edges, grainier noise) or
+            ``smooth`` (1.6 times its width).
 
     Returns:
         A `PhantomCase`. Each nodule dict has: "id" (1-based), "centre_mm" (centroid of its
@@ -845,6 +853,7 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
     spacing = _check_spacing(spacing_mm)
     if n_nodules is not None:
         n_nodules = _check_int("n_nodules", n_nodules, minimum=0, maximum=MAX_NODULES)
+    psf_scale = _check_scanner(noise_scale, kernel)
     rng_geom, rng_anat, rng_tree, rng_nod, rng_tex, rng_noise = (
         np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(6))
     drawn_spacing = _draw_spacing(rng_geom, size)
@@ -886,7 +895,8 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
     for result in placed:
         _paint_nodule(img, tissue, texture, result, voxel_mm)
     del texture
-    _add_noise_and_blur(rng_noise, img, spacing, a.noise_hu)
+    _add_noise_and_blur(rng_noise, img, spacing, a.noise_hu * float(noise_scale),
+                        psf_scale=psf_scale)
     image = np.clip(np.rint(img), _HU_MIN, _HU_MAX).astype(np.int16)
     del img
     mask = placer.nodule_mask.astype(np.uint8)
@@ -902,16 +912,29 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
                        axcodes=axcodes, seed=seed)
 
 
+def _check_scanner(noise_scale: float, kernel: str) -> float:
+    """Validates the scanner options; returns the kernel's point-spread width factor."""
+    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) \
+            or not 0.0 <= float(noise_scale) <= 4.0:
+        raise ValueError(f"Expected noise_scale in [0, 4]. Received: noise_scale={noise_scale!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"Expected kernel in {tuple(KERNELS)}. Received: kernel={kernel!r}")
+    return KERNELS[kernel]
+
+
 def _add_noise_and_blur(rng: np.random.Generator, img: np.ndarray,
-                        spacing_mm: Sequence[float], noise_hu: float) -> None:
+                        spacing_mm: Sequence[float], noise_hu: float, *,
+                        psf_scale: float = 1.0) -> None:
     """CT-like noise and blur, in place.
 
     The point-spread function has sigma 0.45 mm in-plane and 0.35 of the slice spacing along
-    the slices (at most 0.7 voxel); white noise is blurred with the anatomy and pre-scaled so
-    the blurred noise has standard deviation `noise_hu` at 0.75 x 0.75 x 1.5 mm voxels, less
-    for larger voxels (1 / sqrt(voxel volume), clipped to [0.35, 1.5] times).
+    the slices (at most 0.7 voxel), each times `psf_scale` (the kernel); white noise is
+    blurred with the anatomy and pre-scaled so the blurred noise has standard deviation
+    `noise_hu` at 0.75 x 0.75 x 1.5 mm voxels, less for larger voxels (1 / sqrt(voxel
+    volume), clipped to [0.35, 1.5] times).
     """
     sigmas = [min(0.7, 0.45 / spacing_mm[0]), min(0.7, 0.45 / spacing_mm[1]), 0.35]
+    sigmas = [sig * psf_scale for sig in sigmas]
     sigmas = [sig if sig >= 0.2 else 0.0 for sig in sigmas]
     gain = 1.0
     for sigma in sigmas:
@@ -1016,7 +1039,8 @@ def write_phantom_dataset(out_dir: str | os.PathLike, *, n_cases: int, seed: int
                           size: Sequence[int] | None = None,
                           spacing_mm: Sequence[float] | None = None, n_test: int = 0,
                           overwrite: bool = False,
-                          progress: Callable[[int, int], None] | None = None) -> Path:
+                          progress: Callable[[int, int], None] | None = None,
+                          noise_scale: float = 1.0, kernel: str = "standard") -> Path:
     """Writes an MSD-layout phantom dataset.
 
     Layout: `dataset.json` (MSD keys; `training` and `test` lists, plus the extra key
@@ -1037,6 +1061,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, *, n_cases: int, seed: int
         overwrite: replace an existing phantom dataset in a non-empty out_dir (only
             dataset.json, nodules.json and phantom_*.nii.gz case files are removed).
         progress: called as progress(n_done, n_total) after each case.
+        noise_scale, kernel: the scanner setting of every case (see `generate_case`).
 
     Returns:
         The dataset folder.
@@ -1052,6 +1077,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, *, n_cases: int, seed: int
     spacing = _check_spacing(spacing_mm)
     if spacing is not None:
         _check_fov(size, spacing)
+    _check_scanner(noise_scale, kernel)
     if not isinstance(overwrite, bool):
         raise TypeError(f"Expected overwrite to be a bool. Received: overwrite={overwrite!r}")
     if progress is not None and not callable(progress):
@@ -1065,7 +1091,8 @@ def write_phantom_dataset(out_dir: str | os.PathLike, *, n_cases: int, seed: int
     cases, nodules, training, test, test_labels = {}, [], [], [], []
     for done, (split, index, case_id, image_dir, label_dir) in enumerate(plan, start=1):
         this_seed = case_seed(seed, split=split, index=index)
-        case = generate_case(seed=this_seed, size=size, spacing_mm=spacing)
+        case = generate_case(seed=this_seed, size=size, spacing_mm=spacing,
+                             noise_scale=noise_scale, kernel=kernel)
         image_rel, label_rel = f"{image_dir}/{case_id}.nii.gz", f"{label_dir}/{case_id}.nii.gz"
         write_case(case, out / image_rel, out / label_rel)
         entry = {"image": f"./{image_rel}", "label": f"./{label_rel}"}
@@ -1084,7 +1111,8 @@ def write_phantom_dataset(out_dir: str | os.PathLike, *, n_cases: int, seed: int
             progress(done, len(plan))
     generator = {"generator": "lungseg.segmentation.phantom", "version": GENERATOR_VERSION,
                  "seed": seed, "size": list(size),
-                 "spacing_mm": None if spacing is None else list(spacing)}
+                 "spacing_mm": None if spacing is None else list(spacing),
+                 "noise_scale": float(noise_scale), "kernel": kernel}
     nodules_doc = {
         "coordinate_system": "RAS+ world mm (NIfTI/nibabel; negate x and y for LPS)",
         "diameter": "equivalent diameter (6 V / pi)^(1/3) of the voxelised mask component",

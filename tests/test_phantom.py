@@ -380,3 +380,38 @@ def test_non_int_cases_raise_type_error(tmp_path):
 def test_generate_case_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         phantom.generate_case(**kwargs)
+
+
+# ------------------------------------------------------------------ scanner settings
+
+def test_default_scanner_is_the_standard_kernel_at_noise_scale_one():
+    a = phantom.generate_case(seed=11, size=SMALL)
+    b = phantom.generate_case(seed=11, size=SMALL, noise_scale=1.0, kernel="standard")
+    np.testing.assert_array_equal(a.image_hu, b.image_hu)
+
+
+def test_noise_scale_multiplies_the_noise():
+    base = phantom.generate_case(seed=12, size=SMALL, noise_scale=0.0).image_hu.astype(np.float64)
+    one = phantom.generate_case(seed=12, size=SMALL, noise_scale=1.0).image_hu.astype(np.float64)
+    two = phantom.generate_case(seed=12, size=SMALL, noise_scale=2.0).image_hu.astype(np.float64)
+    inside = (base > -950) & (base < 300)  # no clipping at the HU limits
+    ratio = np.std((two - base)[inside]) / np.std((one - base)[inside])
+    assert ratio == pytest.approx(2.0, rel=0.05)  # rounding to integer HU aside
+
+
+def test_sharp_kernel_has_crisper_edges_than_smooth():
+    def edge_strength(kernel: str) -> float:
+        image = phantom.generate_case(seed=13, size=SMALL, noise_scale=0.0, kernel=kernel).image_hu
+        return float(np.mean(np.abs(np.diff(image.astype(np.float64), axis=0))))
+
+    assert edge_strength("sharp") > edge_strength("standard") > edge_strength("smooth")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"noise_scale": -1.0}, "noise_scale in \\[0, 4\\]"),
+    ({"noise_scale": 5.0}, "noise_scale in \\[0, 4\\]"),
+    ({"kernel": "bone"}, "kernel in"),
+])
+def test_bad_scanner_settings_are_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        phantom.generate_case(seed=1, size=SMALL, **kwargs)
