@@ -131,6 +131,16 @@ def test_4d_with_single_volume_is_squeezed(tmp_path):
     assert vol.array.shape == SHAPE
     assert vol.source_shape == SHAPE
     out = write_volume(tmp_path / "back.nii.gz", vol.array > 30, reference=vol, kind="mask")
+    written = nib.load(out)
+    assert written.shape == SHAPE + (1,)  # the input's shape: 4D with a single volume
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj)[..., 0],
+                                  vol.to_source(vol.array > 30).astype(np.uint8))
+
+
+def test_3d_reference_is_written_3d(tmp_path):
+    path = _save(tmp_path / "three.nii.gz", _distinct(), np.eye(4))
+    vol = read_volume(path)
+    out = write_volume(tmp_path / "back.nii.gz", vol.array > 30, reference=vol, kind="mask")
     assert nib.load(out).shape == SHAPE
 
 
