@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from segmentation import metrics
 from segmentation.io import NIFTI_SUFFIXES, Volume, atomic_write, read_volume
+from segmentation.preflight import check_output_dir
 
 __all__ = ["EvaluationError", "evaluate", "find_pairs", "align_to_truth", "bench_evaluate",
            "REPORT_FILES"]
@@ -244,8 +245,8 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             f"Expected out_dir to be a folder. Received: out_dir='{out_dir}' (a file)")
     if (out_dir / "summary.json").exists() and not overwrite:
         raise EvaluationError(
-            "Expected an out_dir without an earlier report (pass overwrite=True / --overwrite "
-            f"to replace it). Received: out_dir='{out_dir}' holds summary.json")
+            "Expected an out_dir without an earlier report (pass overwrite=True to replace "
+            f"it). Received: out_dir='{out_dir}' holds summary.json")
 
 
 def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
@@ -253,7 +254,7 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
              overwrite: bool = False, connectivity: int = 26, match: str = "overlap",
              iou_threshold: float = 0.1, small_lesion_mm: float = 10.0,
              size_bins_mm: Sequence[float] = metrics.DEFAULT_SIZE_BINS_MM,
-             tolerance_mm: float = 1.0) -> dict:
+             tolerance_mm: float = 1.0, binarize: bool = False) -> dict:
     """Evaluates a folder of predicted masks against ground truth and writes a report.
 
     Args:
@@ -269,6 +270,8 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
         small_lesion_mm: equivalent-diameter threshold of the small-lesion detection rate.
         size_bins_mm: increasing edges (mm) of ``recall_by_size``.
         tolerance_mm: surface Dice tolerance.
+        binarize: map every integral label > 0 to 1 in truth and predicted masks (multi-label
+            masks) instead of raising.
 
     Returns:
         The ``summary.json`` content (JSON-safe dict; see ``segmentation.metrics.summarize``),
@@ -288,13 +291,15 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
             f"Expected small_lesion_mm > 0. Received: small_lesion_mm={small_lesion_mm!r}")
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
+    check_output_dir(out, option="out_dir", inputs=[("pred_dir", pred_dir), ("truth_dir", truth_dir),
+                                                    ("probs_dir", probs_dir)])
     pairs = find_pairs(pred_dir=pred_dir, truth_dir=truth_dir, probs_dir=probs_dir)
 
     options = {"connectivity": connectivity, "criterion": match, "iou_threshold": iou_threshold,
                "tolerance_mm": tolerance_mm}
     results, rows = [], []
     for pair in pairs:
-        result, row = _evaluate_pair(pair, options)
+        result, row = _evaluate_pair(pair, options, binarize=bool(binarize))
         results.append(result)
         rows.append(row)
         logger.info("%s: dice=%s lesions %d/%d, %d FP", pair["case_id"],
@@ -320,16 +325,17 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
     return {**summary, "out_dir": str(out)}
 
 
-def _evaluate_pair(pair: dict, options: dict) -> tuple[metrics.CaseResult, dict]:
+def _evaluate_pair(pair: dict, options: dict, *, binarize: bool = False
+                   ) -> tuple[metrics.CaseResult, dict]:
     case_id = pair["case_id"]
-    truth = read_volume(pair["truth"], kind="mask")
+    truth = read_volume(pair["truth"], kind="mask", binarize=binarize)
     alignment = "same grid"
     if pair["pred"] is None:
         logger.warning("case '%s': no prediction; evaluated as an empty prediction", case_id)
         pred = np.zeros(truth.array.shape, dtype=bool)
         alignment = "missing prediction"
     else:
-        pred_volume = read_volume(pair["pred"], kind="mask")
+        pred_volume = read_volume(pair["pred"], kind="mask", binarize=binarize)
         pred, alignment = align_to_truth(pred_volume, truth, order=0, case_id=case_id)
     probs = None
     if pair["probs"] is not None:

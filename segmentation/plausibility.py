@@ -50,6 +50,7 @@ __all__ = [
     "check_spacing_mm",
     "default_memory_budget_gb",
     "degenerate_warnings",
+    "estimate_evaluation_bytes",
     "estimate_inference_bytes",
     "format_bytes",
     "machine_memory_bytes",
@@ -238,6 +239,12 @@ def estimate_inference_bytes(shape: Sequence[int], spacing_mm: Sequence[float], 
     parts["total"] = sum(parts.values())
     parts["network_voxels"] = n_net
     return parts
+
+
+def estimate_evaluation_bytes(shape: Sequence[int]) -> int:
+    """Memory of evaluating one mask pair of ``shape``: two masks, a probability map, the
+    float64 temporaries of lesion labelling and distances (about 30 bytes per voxel)."""
+    return 30 * _voxels(shape)
 
 
 def check_memory(n_bytes: int, *, limits: ScanLimits, what: str, details: str = "") -> None:
