@@ -68,6 +68,7 @@ from segmentation.io import (
     write_volume,
 )
 from segmentation.plausibility import (
+    PlausibilityError,
     ScanLimits,
     check_header,
     check_memory,
@@ -597,11 +598,13 @@ def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path
 
 def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir: Path,
               write_probs: bool, tta: bool, threshold: float, min_size_mm3: float,
-              predict_fn: Any, limits: ScanLimits | None = None) -> tuple[dict[str, Path], int]:
+              predict_fn: Any, limits: ScanLimits | None = None,
+              volume: Volume | None = None) -> tuple[dict[str, Path], int]:
     from pipelines.predictor import inference_window
 
     paths = output_paths(out_dir, case.case_id)
-    volume = _read_case(case, limits=limits, estimate=_estimator(config, tta=tta))
+    if volume is None:
+        volume = _read_case(case, limits=limits, estimate=_estimator(config, tta=tta))
     probs, mask = predict_volume(model, config, volume, tta=tta, threshold=threshold,
                                  min_size_mm3=min_size_mm3, predict_fn=predict_fn)
     connectivity = config.evaluation.connectivity
@@ -689,11 +692,25 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
                  details=f"window {list(win)}, inference.batch_size {inference.batch_size}")
     cases = find_inputs(input_path)
     single = len(cases) == 1 and (Path(input_path).is_file() or cases[0].kind == "dicom")
+    estimate = _estimator(config, tta=options["tta"])
+    todo = [c for c in cases if overwrite or not output_paths(out, c.case_id)["mask"].exists()]
+    refused: dict[str, Exception] = {}  # header checks: spacing and memory, before any voxel
+    for case in todo:
+        try:
+            if case.kind == "nifti":
+                check_header(case.path, limits=limits, estimate=estimate)
+        except PlausibilityError as err:
+            if single:
+                raise
+            refused[case.case_id] = err
+    # A single scan is read and checked before TensorFlow and the model are loaded.
+    preread = _read_case(todo[0], limits=limits, estimate=estimate) if single and todo else None
+    model = predict_fn = None
+    if any(c.case_id not in refused for c in todo):
+        from pipelines.predictor import make_predict_fn  # TensorFlow: only after the checks
 
-    from pipelines.predictor import make_predict_fn  # TensorFlow: only after the checks
-
-    model = _load_model(run, config)
-    predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
+        model = _load_model(run, config)
+        predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
     records, lines = [], []
     for case in tqdm(cases, desc="predict", unit="scan", disable=not progress):
         record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
@@ -707,9 +724,11 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             continue
         start = time.perf_counter()
         try:
+            if case.case_id in refused:
+                raise refused[case.case_id]
             outputs, n_nodules = _run_case(case, model=model, config=config, run=run, out_dir=out,
                                            predict_fn=predict_fn, write_probs=write_probs,
-                                           limits=limits, **options)
+                                           limits=limits, volume=preread, **options)
         except Exception as err:
             if single:
                 raise

@@ -57,7 +57,7 @@ _COMMAND_WORDS = {
                  "small_lesion_mm": "--small-lesion-mm", "size_bins_mm": "--size-bins-mm",
                  "tolerance_mm": "--tolerance-mm"},
     "predict": {"model_dir": "--model", "input_path": "--input", "input=": "--input=",
-                "threshold=": "--threshold=", "min_size_mm3=": "--min-size-mm3=",
+                "threshold in (0, 1)": "--threshold in (0, 1)", "threshold=": "--threshold=", "min_size_mm3=": "--min-size-mm3=",
                 "window=": "--window="},
     "bench": {"steps=": "--steps=", "shape=": "--shape="},
     "study": {"data_dir": "--data", "n_seeds": "--seeds"},

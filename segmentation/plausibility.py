@@ -17,7 +17,8 @@ an hour later or in an empty mask. The checks, in the order a command meets them
    normalised image or an MR series fails; ``allow_non_hu=True`` (``--allow-non-hu``)
    lets a user who knows better through.
 4. `degenerate_warnings`: a volume with one slice, or fewer than ``MIN_AXIS_VOXELS``
-   voxels along an axis, is accepted with a warning (it is probably not a whole scan).
+   voxels along an axis (an 8^3 block), is accepted with a warning (it is probably not a
+   whole scan).
 
 `check_header` runs checks 1 and 2 on a NIfTI header alone, so a 1.4 PiB resample is refused
 before the voxel data are read. Everything here is NumPy and nibabel only: no TensorFlow.
@@ -67,7 +68,7 @@ MIN_AIR_FRACTION = 1e-3
 """A CT holds at least this share of voxels at or below `AIR_LEVEL_HU`."""
 HU_RANGE = (-4096.0, 32767.0)
 """Values outside this range are not Hounsfield units (padding reaches -3024, metal 30000+)."""
-MIN_AXIS_VOXELS = 8
+MIN_AXIS_VOXELS = 16
 """A volume with fewer voxels than this along an axis (or one slice) gets a warning."""
 _BUDGET_SHARE = 0.8
 _FLOAT32 = 4
@@ -152,13 +153,13 @@ def default_memory_budget_gb() -> float:
 
 
 def format_bytes(n_bytes: float) -> str:
-    """``1.38 PiB``-style text of a byte count (binary units)."""
+    """``1.38 PB``-style text of a byte count (decimal units, as ``--max-memory-gb``)."""
     value = float(n_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(value) < 1024 or unit == "PiB":
-            return f"{value:.3g} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.3g} EiB"  # pragma: no cover - loop always returns
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(value) < 1000 or unit == "PB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1000
+    return f"{value:.3g} PB"  # pragma: no cover - loop always returns
 
 
 def _voxels(shape: Sequence[int]) -> int:
@@ -260,7 +261,7 @@ def check_memory(n_bytes: int, *, limits: ScanLimits, what: str, details: str = 
     if n_bytes > budget:
         raise PlausibilityError(
             f"Expected {what} to fit the memory budget of {format_bytes(budget)} "
-            f"(--max-memory-gb {budget / 1e9:g}). Received: an estimated {format_bytes(n_bytes)}"
+            f"(--max-memory-gb). Received: an estimated {format_bytes(n_bytes)}"
             f"{' (' + details + ')' if details else ''}; refused before allocating"
         )
 
