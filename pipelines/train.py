@@ -1122,7 +1122,9 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
     before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     state = _read_state(run_dir) if resume else None
     if resume and (run_dir / "config.yaml").exists():
-        saved = load_config(run_dir / "config.yaml")
+        from segmentation.runfolder import load_run_config
+
+        saved = load_run_config(run_dir, need_model=False)  # whole, unedited, the manifest's
         diffs = _config_differences(config, saved)
         if diffs:
             raise ValueError(
