@@ -114,18 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a tiny run (about 3 minutes on 2 CPU cores)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
 
-    phantom = commands.add_parser("phantom", help="write a synthetic chest-CT dataset (MSD layout)",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    phantom = commands.add_parser("phantom", help="write a synthetic chest-CT dataset (MSD layout)")
     phantom.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     phantom.add_argument("--cases", type=int, required=True, help="number of training cases")
-    phantom.add_argument("--seed", type=int, default=0, help="random seed")
-    phantom.add_argument("--test-cases", type=int, default=0, help="extra held-out cases (imagesTs/labelsTs)")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    phantom.add_argument("--test-cases", type=int, default=0,
+                         help="extra held-out cases (imagesTs/labelsTs; default: %(default)s)")
     phantom.add_argument("--size", type=int, nargs=3, metavar=("I", "J", "K"),
-                         help="voxels per axis (None: 256 256 160)")
+                         help="voxels per axis (default: 256 256 160)")
     phantom.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                         help="voxel spacing in mm (None: drawn per case, 0.6-0.9 in-plane and "
+                         help="voxel spacing in mm (default: drawn per case, 0.6-0.9 in-plane and "
                               "1-2.5 between slices at the default size)")
-    phantom.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    phantom.add_argument("--overwrite", action="store_true",
+                         help="replace an existing (or interrupted) phantom dataset")
 
     train = commands.add_parser("train", help="train a U-Net from a YAML config")
     train.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")

@@ -407,7 +407,8 @@ def test_top_level_help_states_the_exit_codes(capsys):
     (["study", "losses"], "study folder"),
     (["study", "losses"], "YAML config shared"),
     (["phantom"], "(default: 0)"),
-    (["phantom"], "256 256 160"),
+    (["phantom"], "(default: 256 256 160)"),
+    (["phantom"], "default: drawn per case"),
     (["predict"], "--no-tta"),
     (["predict"], "--max-memory-gb"),
     (["train"], "--binarize-labels"),
@@ -474,3 +475,24 @@ def test_fresh_process_train_on_multilabel_data_leaves_no_run_folder(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "use --binarize-labels" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ other commands' outputs
+
+
+def test_demo_out_below_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    status, _, err, seconds = _main(["demo", "--out", tmp_path / "f" / "demo"], capsys)
+    assert status == 2 and "--out" in err and "which is a file" in err and seconds < 5.0
+
+
+def test_bench_out_that_is_a_folder_is_refused(tmp_path, capsys):
+    status, _, err, _ = _main(["bench", "evaluate", "--shape", "16", "16", "16", "--out", tmp_path], capsys)
+    assert status == 2 and "--out to be a file path" in err
+
+
+def test_study_out_equal_to_data_is_refused(tmp_path, capsys):
+    status, _, err, _ = _main(["study", "losses", "--config", REPO / "configs" / "quick.yaml",
+                               "--data", tmp_path, "--out", tmp_path], capsys)
+    assert status == 2 and "--out to be another folder than --data" in err
+    assert list(tmp_path.iterdir()) == []
