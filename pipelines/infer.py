@@ -58,7 +58,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from segmentation import metrics
-from segmentation.config import Config, ConfigError, load_config
+from segmentation.config import Config, ConfigError
 from segmentation.io import (
     NIFTI_SUFFIXES,
     Volume,
@@ -669,7 +669,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             "Expected an output folder other than the input folder (masks written there would be "
             f"read as scans next time). Received: out_dir='{out}', input='{input_path}'"
         )
-    check_output_dir(out, option="out_dir", inputs=[("input", input_path), ("model_dir", model_dir)])
+    check_output_dir(out, option="out_dir", inputs=[("input_path", input_path), ("model_dir", model_dir)])
     if threshold is not None:
         threshold = _check_threshold(threshold)
     if min_size_mm3 is not None:

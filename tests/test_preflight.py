@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,17 @@ def test_resume_without_a_run_is_an_error(tmp_path, prepare, state):
 def test_resume_with_a_run_is_accepted(tmp_path, marker):
     (tmp_path / marker).mkdir() if marker == "cache" else (tmp_path / marker).write_text("")
     assert check_run_dir(tmp_path, resume=True) == tmp_path
+
+
+def test_unwritable_output_folder_is_an_error_even_as_root(tmp_path, monkeypatch):
+    # os.access is what a read-only mount or folder answers (root included on a read-only mount)
+    import segmentation.preflight as preflight
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: Path(path) != locked)
+    with pytest.raises(PreflightError, match=r"--out to be writable.*its parent '.*locked' is not writable"):
+        check_output_dir(locked / "out")
+    with pytest.raises(PreflightError, match=r"the folder '.*locked' is not writable"):
+        check_output_dir(locked)
+    assert not (locked / "out").exists()
