@@ -496,3 +496,15 @@ def test_study_out_equal_to_data_is_refused(tmp_path, capsys):
                                "--data", tmp_path, "--out", tmp_path], capsys)
     assert status == 2 and "--out to be another folder than --data" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_unwritable_out_is_refused_before_the_work_even_as_root(tmp_path, capsys, no_model, monkeypatch):
+    import segmentation.preflight as preflight
+
+    scan = _scan(tmp_path / "a.nii.gz", _ct())
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: Path(path) != locked)
+    status, _, err, _ = _main(_predict(_run(tmp_path), scan, locked), capsys)
+    assert status == 2 and "--out to be writable" in err and "locked" in err
+    assert MODEL_REACHED not in err and ".tmp" not in err and list(locked.iterdir()) == []
