@@ -611,12 +611,44 @@ def _write_json(path: Path, data: dict) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def _check_bench_memory(what: str, config, *, shape: tuple[int, int, int],
+                        spacing_mm: tuple[float, float, float], max_memory_gb: float | None) -> None:
+    """Refuses a ``shape`` whose bench would not fit the memory budget, before allocating."""
+    from segmentation.plausibility import (
+        ScanLimits,
+        check_memory,
+        estimate_evaluation_bytes,
+        estimate_inference_bytes,
+        format_bytes,
+    )
+
+    if what == "train":
+        return
+    limits = ScanLimits(max_memory_gb=max_memory_gb)
+    if what == "evaluate":
+        n_bytes = estimate_evaluation_bytes(shape)
+        details = f"shape {list(shape)}"
+    else:
+        window = config.inference.window or config.train.patch_size
+        parts = estimate_inference_bytes(
+            shape, spacing_mm, target_spacing_mm=config.preprocess.target_spacing_mm,
+            window=window, batch_size=config.inference.batch_size,
+            channels=config.model.in_channels, filters=config.model.filters,
+            tta=config.inference.tta, source_itemsize=4)
+        n_bytes = parts["total"]
+        details = (f"shape {list(shape)}, window {list(window)}; " + ", ".join(
+            f"{k} {format_bytes(v)}" for k, v in parts.items() if k not in ("total", "network_voxels")))
+    check_memory(n_bytes, limits=limits, what=f"bench {what} of --shape {' '.join(map(str, shape))}",
+                 details=details)
+
+
 def run_bench(what: Literal["train", "infer", "evaluate"], *,
               config_path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
               steps: int | None = None, shape: Sequence[int] | None = None,
               out: str | os.PathLike | None = None,
               spacing_mm: Sequence[float] = DEFAULT_SCAN_SPACING_MM,
-              scan: Literal["auto", "phantom", "synthetic"] = "auto", seed: int = 0) -> dict:
+              scan: Literal["auto", "phantom", "synthetic"] = "auto", seed: int = 0,
+              max_memory_gb: float | None = None) -> dict:
     """Runs one benchmark and returns its figures (what ``lungseg bench`` prints).
 
     Args:
@@ -629,6 +661,8 @@ def run_bench(what: Literal["train", "infer", "evaluate"], *,
         spacing_mm: Scan voxel size (infer, evaluate; default 0.7 x 0.7 x 1.25 mm).
         scan: Scan source of the infer bench (``auto``, ``phantom``, ``synthetic``).
         seed: Seed of the synthetic data and the model.
+        max_memory_gb: Memory budget (None: 80 % of the machine's); a ``shape`` whose bench
+            is estimated to need more is refused before anything is allocated.
 
     Returns:
         JSON-safe dict: ``what, config, overrides, machine, peak_rss_mib, bench_seconds`` (the
@@ -636,7 +670,8 @@ def run_bench(what: Literal["train", "infer", "evaluate"], *,
         `bench_evaluate_speed`.
 
     Raises:
-        ValueError: unknown ``what``, bad ``steps``/``shape``/``spacing_mm``, bad config.
+        ValueError: unknown ``what``, bad ``steps``/``shape``/``spacing_mm``, bad config,
+            or a ``shape`` over the memory budget (`segmentation.plausibility.PlausibilityError`).
         TypeError: non-integer ``steps`` or ``shape``.
     """
     from segmentation.config import load_config
@@ -650,6 +685,7 @@ def run_bench(what: Literal["train", "infer", "evaluate"], *,
     overrides = [str(o) for o in overrides]
     path = DEFAULT_CONFIG if config_path is None else Path(config_path)
     config = load_config(path, overrides=overrides)
+    _check_bench_memory(what, config, shape=shape, spacing_mm=spacing, max_memory_gb=max_memory_gb)
     start = time.perf_counter()
     if what == "train":
         figures = bench_train_speed(config, steps=steps or DEFAULT_TRAIN_STEPS, seed=seed)

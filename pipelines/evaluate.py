@@ -46,6 +46,7 @@ from scipy import ndimage
 from segmentation import metrics
 from segmentation import nodule_attributes
 from segmentation.io import NIFTI_SUFFIXES, Volume, atomic_write, read_volume
+from segmentation.preflight import check_output_dir
 
 __all__ = ["EvaluationError", "evaluate", "find_pairs", "align_to_truth", "bench_evaluate",
            "REPORT_FILES"]
@@ -251,8 +252,8 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             f"Expected out_dir to be a folder. Received: out_dir='{out_dir}' (a file)")
     if (out_dir / "summary.json").exists() and not overwrite:
         raise EvaluationError(
-            "Expected an out_dir without an earlier report (pass overwrite=True / --overwrite "
-            f"to replace it). Received: out_dir='{out_dir}' holds summary.json")
+            "Expected an out_dir without an earlier report (pass overwrite=True to replace "
+            f"it). Received: out_dir='{out_dir}' holds summary.json")
 
 
 def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
@@ -261,7 +262,7 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
              iou_threshold: float = 0.1, small_lesion_mm: float = 10.0,
              size_bins_mm: Sequence[float] = metrics.DEFAULT_SIZE_BINS_MM,
              tolerance_mm: float = 1.0, nodules: str | os.PathLike | None = None,
-             nodules_frame: str | None = None) -> dict:
+             nodules_frame: str | None = None, binarize: bool = False) -> dict:
     """Evaluates a folder of predicted masks against ground truth and writes a report.
 
     Args:
@@ -281,6 +282,8 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
             ``x_mm``, ``y_mm``, ``z_mm`` and attribute columns) joined to the truth lesions.
         nodules_frame: ``"ras"`` or ``"lps"``: frame of CSV centres without a ``frame`` cell
             (None = RAS).
+        binarize: map every integral label > 0 to 1 in truth and predicted masks (multi-label
+            masks) instead of raising.
 
     Returns:
         The ``summary.json`` content (JSON-safe dict; see ``segmentation.metrics.summarize``),
@@ -304,6 +307,8 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
             f"Expected small_lesion_mm > 0. Received: small_lesion_mm={small_lesion_mm!r}")
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
+    check_output_dir(out, option="out_dir", inputs=[("pred_dir", pred_dir), ("truth_dir", truth_dir),
+                                                    ("probs_dir", probs_dir)])
     table = None if nodules is None else nodule_attributes.read_nodule_table(
         nodules, frame=nodules_frame)
     pairs = find_pairs(pred_dir=pred_dir, truth_dir=truth_dir, probs_dir=probs_dir)
@@ -315,7 +320,8 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
     results, rows = [], []
     for pair in pairs:
         result, row = _evaluate_pair(
-            pair, options, None if table_rows is None else table_rows[pair["case_id"]])
+            pair, options, None if table_rows is None else table_rows[pair["case_id"]],
+            binarize=bool(binarize))
         results.append(result)
         rows.append(row)
         logger.info("%s: dice=%s lesions %d/%d, %d FP", pair["case_id"],
@@ -344,17 +350,17 @@ def evaluate(*, pred_dir: str | os.PathLike, truth_dir: str | os.PathLike,
     return {**summary, "out_dir": str(out)}
 
 
-def _evaluate_pair(pair: dict, options: dict,
-                   nodule_rows: list | None = None) -> tuple[metrics.CaseResult, dict]:
+def _evaluate_pair(pair: dict, options: dict, nodule_rows: list | None = None, *,
+                   binarize: bool = False) -> tuple[metrics.CaseResult, dict]:
     case_id = pair["case_id"]
-    truth = read_volume(pair["truth"], kind="mask")
+    truth = read_volume(pair["truth"], kind="mask", binarize=binarize)
     alignment = "same grid"
     if pair["pred"] is None:
         logger.warning("case '%s': no prediction; evaluated as an empty prediction", case_id)
         pred = np.zeros(truth.array.shape, dtype=bool)
         alignment = "missing prediction"
     else:
-        pred_volume = read_volume(pair["pred"], kind="mask")
+        pred_volume = read_volume(pair["pred"], kind="mask", binarize=binarize)
         pred, alignment = align_to_truth(pred_volume, truth, order=0, case_id=case_id)
     probs = None
     if pair["probs"] is not None:

@@ -60,7 +60,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from segmentation import metrics
-from segmentation.config import Config, ConfigError, load_config
+from segmentation.config import Config, ConfigError
 from segmentation.console import progress_bar
 from segmentation.io import (
     METAIMAGE_SUFFIXES,
@@ -71,7 +71,18 @@ from segmentation.io import (
     read_volume,
     write_volume,
 )
+from segmentation.plausibility import (
+    PlausibilityError,
+    ScanLimits,
+    check_header,
+    check_memory,
+    check_scan,
+    estimate_inference_bytes,
+    window_bytes,
+)
+from segmentation.preflight import check_output_dir
 from segmentation.preprocessing import preprocess_volume
+from segmentation.runfolder import CONFIG_FILE, MODEL_FILE, RunFolderError, load_run_config
 
 __all__ = [
     "CONFIG_FILE",
@@ -90,9 +101,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
 
 NODULE_COLUMNS = (
     "id",
@@ -157,27 +165,29 @@ def load_run(model_dir: str | os.PathLike) -> tuple[Any, Config]:
         from ``config.yaml``.
 
     Raises:
-        InferenceError: The folder is missing, lacks ``config.yaml`` or ``model.keras``
-            (names the folder and the missing file), the model cannot be loaded safely, or
-            its inputs do not match the config.
+        InferenceError: The folder is missing, lacks ``config.yaml`` or ``model.keras``, its
+            ``config.yaml`` is empty, truncated, incomplete or does not match its hash or the
+            manifest (`segmentation.runfolder.load_run_config`), the model cannot be loaded
+            safely, or its inputs do not match the config.
         segmentation.config.ConfigError: ``config.yaml`` is invalid (names the file).
     """
+    run = _as_path(model_dir, name="model_dir")
+    config = _run_config(run)
+    return _load_model(run, config), config
+
+
+def _run_config(run: Path) -> Config:
+    """`segmentation.runfolder.load_run_config`, its errors as `InferenceError`."""
+    try:
+        return load_run_config(run)
+    except RunFolderError as err:
+        raise InferenceError(str(err)) from None
+
+
+def _load_model(run: Path, config: Config) -> Any:
+    """The run's ``model.keras`` (safe mode, not compiled), checked against ``config``."""
     import keras  # lazy: importing this module stays cheap
 
-    run = _as_path(model_dir, name="model_dir")
-    if not run.is_dir():
-        raise InferenceError(
-            f"Expected a training run folder with {MODEL_FILE} and {CONFIG_FILE}. "
-            f"Received: model_dir='{run}' ({'not a folder' if run.exists() else 'not found'})"
-        )
-    missing = [name for name in (CONFIG_FILE, MODEL_FILE) if not (run / name).is_file()]
-    if missing:
-        raise InferenceError(
-            f"Expected {' and '.join(missing)} in the run folder '{run}' (written by lungseg "
-            f"train; the config keeps the preprocessing the model was trained with). "
-            f"Received: model_dir='{run}' without {', '.join(missing)}"
-        )
-    config = load_config(run / CONFIG_FILE)
     model_path = run / MODEL_FILE
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
@@ -187,7 +197,7 @@ def load_run(model_dir: str | os.PathLike) -> tuple[Any, Config]:
             f"({type(err).__name__}: {err})"
         ) from err
     _check_model(model, config, model_path)
-    return model, config
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,12 +503,39 @@ def output_paths(out_dir: str | os.PathLike, case_id: str) -> dict[str, Path]:
     }
 
 
-def _read_case(case: InputCase) -> Volume:
+def _window_of(config: Config) -> tuple[int, ...]:
+    """``inference.window`` or ``train.patch_size``: the rule of
+    `pipelines.predictor.inference_window`, here without importing TensorFlow."""
+    window = config.inference.window
+    return tuple(int(w) for w in (config.train.patch_size if window is None else window))
+
+
+def _estimator(config: Config, *, tta: bool) -> Any:
+    """``estimate(shape, spacing_mm, itemsize)``: the memory of predicting one scan."""
+
+    def estimate(shape: Sequence[int], spacing_mm: Sequence[float], itemsize: int) -> dict:
+        return estimate_inference_bytes(
+            shape, spacing_mm, target_spacing_mm=config.preprocess.target_spacing_mm,
+            window=_window_of(config), batch_size=config.inference.batch_size,
+            channels=config.model.in_channels, filters=config.model.filters, tta=tta,
+            source_itemsize=itemsize)
+
+    return estimate
+
+
+def _read_case(case: InputCase, *, limits: ScanLimits | None = None, estimate: Any = None) -> Volume:
+    """Reads a scan; with ``limits``, checks its header first and the voxels after."""
     if case.kind == "dicom":
         from segmentation.dicom import read_dicom_series
 
-        return read_dicom_series(case.path)
-    return read_volume(case.path, kind="image")
+        volume = read_dicom_series(case.path)
+    else:
+        if limits is not None:
+            check_header(case.path, limits=limits, estimate=estimate)
+        volume = read_volume(case.path, kind="image")
+    if limits is not None:
+        check_scan(volume, limits=limits, estimate=estimate)
+    return volume
 
 
 def _write_outputs(paths: dict[str, Path], *, volume: Volume, probs: np.ndarray | None,
@@ -571,11 +608,13 @@ def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path
 
 def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir: Path,
               write_probs: bool, tta: bool, threshold: float, min_size_mm3: float,
-              predict_fn: Any) -> tuple[dict[str, Path], int]:
+              predict_fn: Any, limits: ScanLimits | None = None,
+              volume: Volume | None = None) -> tuple[dict[str, Path], int]:
     from pipelines.predictor import inference_window
 
     paths = output_paths(out_dir, case.case_id)
-    volume = _read_case(case)
+    if volume is None:
+        volume = _read_case(case, limits=limits, estimate=_estimator(config, tta=tta))
     probs, mask = predict_volume(model, config, volume, tta=tta, threshold=threshold,
                                  min_size_mm3=min_size_mm3, predict_fn=predict_fn)
     connectivity = config.evaluation.connectivity
@@ -597,7 +636,8 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
             threshold: float | None = None, min_size_mm3: float | None = None,
             window: Sequence[int] | None = None, overwrite: bool = False,
-            progress: bool = True, luna16_csv: str | os.PathLike | None = None) -> dict:
+            progress: bool = True, luna16_csv: str | os.PathLike | None = None,
+            limits: ScanLimits | None = None) -> dict:
     """Segments one scan or a folder of scans with a trained run (``lungseg predict``).
 
     Args:
@@ -614,6 +654,8 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         progress: Show a tqdm bar over the scans (stderr).
         luna16_csv: Also write a LUNA16 candidates file here (`pipelines.luna16_eval.write_candidates`:
             one row per nodule of every ok or skipped case, LPS for MetaImage/DICOM input).
+        limits: Plausibility limits of each scan (`segmentation.plausibility.ScanLimits`:
+            spacing range, memory budget, ``allow_non_hu``); None: the defaults.
 
     Returns:
         ``{"cases": [...], "failed": int, "lines": [...], "out_dir": str}``. Each case is
@@ -621,30 +663,30 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         path), "n_nodules", "seconds", "error"}``; ``lines`` are the lines the CLI prints.
 
     Raises:
-        InferenceError: Bad run folder, input path or option (names it).
+        InferenceError: Bad run folder, input path or option (names it); all checked
+            before TensorFlow and the model are loaded.
+        segmentation.plausibility.PlausibilityError: A scan that is not plausible (spacing,
+            memory, not HU), or a window too large for the memory budget.
         segmentation.io.VolumeError / segmentation.dicom.DicomError: The scan of a
             single-scan input (a file or a DICOM folder) is unusable (names the file); in a
             folder of scans such errors are reported per case instead.
     """
-    from pipelines.predictor import make_predict_fn
-
-    cases = find_inputs(input_path)
-    single = len(cases) == 1 and (Path(input_path).is_file() or cases[0].kind == "dicom")
     out = _as_path(out_dir, name="out_dir")
     if out.exists() and not out.is_dir():
         raise InferenceError(f"Expected an output folder. Received: out_dir='{out}' is a file")
-    source_dir = Path(input_path) if cases[0].kind == "dicom" or Path(input_path).is_dir() else None
-    if source_dir is not None and out.resolve() == source_dir.resolve():
+    input_dir = Path(input_path) if Path(input_path).is_dir() else None
+    if input_dir is not None and out.resolve() == input_dir.resolve():
         raise InferenceError(
             "Expected an output folder other than the input folder (masks written there would be "
             f"read as scans next time). Received: out_dir='{out}', input='{input_path}'"
         )
+    check_output_dir(out, option="out_dir", inputs=[("input_path", input_path), ("model_dir", model_dir)])
     if threshold is not None:
         threshold = _check_threshold(threshold)
     if min_size_mm3 is not None:
         min_size_mm3 = _check_min_size(min_size_mm3)
     run = _as_path(model_dir, name="model_dir")
-    model, config = load_run(run)
+    config = _run_config(run)
     if window is not None:
         config = _with_window(config, window, run=run)
     inference = config.inference
@@ -653,7 +695,33 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         "threshold": inference.threshold if threshold is None else threshold,
         "min_size_mm3": inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3,
     }
-    predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
+    limits = ScanLimits() if limits is None else limits
+    win = _window_of(config)
+    check_memory(window_bytes(win, batch_size=inference.batch_size, channels=config.model.in_channels,
+                              filters=config.model.filters, tta=options["tta"]),
+                 limits=limits, what="one batch of sliding windows",
+                 details=f"window {list(win)}, inference.batch_size {inference.batch_size}")
+    cases = find_inputs(input_path)
+    single = len(cases) == 1 and (Path(input_path).is_file() or cases[0].kind == "dicom")
+    estimate = _estimator(config, tta=options["tta"])
+    todo = [c for c in cases if overwrite or not output_paths(out, c.case_id)["mask"].exists()]
+    refused: dict[str, Exception] = {}  # header checks: spacing and memory, before any voxel
+    for case in todo:
+        try:
+            if case.kind == "nifti":
+                check_header(case.path, limits=limits, estimate=estimate)
+        except PlausibilityError as err:
+            if single:
+                raise
+            refused[case.case_id] = err
+    # A single scan is read and checked before TensorFlow and the model are loaded.
+    preread = _read_case(todo[0], limits=limits, estimate=estimate) if single and todo else None
+    model = predict_fn = None
+    if any(c.case_id not in refused for c in todo):
+        from pipelines.predictor import make_predict_fn  # TensorFlow: only after the checks
+
+        model = _load_model(run, config)
+        predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
     records, lines = [], []
     for case in progress_bar(cases, enabled=progress, desc="predict", unit="scan"):
         record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
@@ -667,8 +735,11 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             continue
         start = time.perf_counter()
         try:
+            if case.case_id in refused:
+                raise refused[case.case_id]
             outputs, n_nodules = _run_case(case, model=model, config=config, run=run, out_dir=out,
-                                           predict_fn=predict_fn, write_probs=write_probs, **options)
+                                           predict_fn=predict_fn, write_probs=write_probs,
+                                           limits=limits, volume=preread, **options)
         except Exception as err:
             if single:
                 raise

@@ -265,9 +265,9 @@ def _run_finished(run_dir: Path) -> bool:
 
 
 def _check_finished_run(run_dir: Path, config) -> None:
-    from segmentation.config import load_config
+    from segmentation.runfolder import load_run_config
 
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_run_config(run_dir)
     diffs = _differences(_comparable(config), _comparable(saved))
     if diffs:
         raise ValueError(

@@ -77,6 +77,7 @@ from losses import component_metrics, get_loss, loss_callbacks
 from models.unet import build_unet
 from segmentation.config import Config, config_to_dict, load_config, save_config
 from segmentation.console import keras_verbose, progress_bar
+from segmentation.plausibility import ScanLimits
 
 __all__ = [
     "TrainingError",
@@ -271,7 +272,7 @@ def _resolve_ct_stats(config: Config, train_cases: Sequence, progress: bool) -> 
     def pairs():
         for case in _progress(train_cases, progress, "CT statistics"):
             image = read_volume(case.image, kind="image")
-            mask = check_pair(image, read_volume(case.label, kind="mask"))
+            mask = check_pair(image, read_volume(case.label, kind="mask", binarize=config.data.binarize_labels))
             yield image.array, mask.array
 
     stats = compute_ct_stats(pairs())
@@ -282,9 +283,11 @@ def _progress(items: Sequence, enabled: bool, desc: str):
     return progress_bar(items, enabled=enabled, desc=desc, unit="case", leave=False)
 
 
-def _cache_cases(cases: Sequence, *, config: Config, cache_dir: Path, progress: bool) -> list:
+def _cache_cases(cases: Sequence, *, config: Config, cache_dir: Path, progress: bool,
+                 limits: ScanLimits | None = None) -> list:
     """Preprocesses each case once (reusing valid cache entries); returns CachedCase objects."""
     from segmentation.io import check_pair, read_volume
+    from segmentation.plausibility import check_scan
     from segmentation.preprocessing import cache_case, load_cached_case, preprocess_volume
 
     cached = []
@@ -295,7 +298,9 @@ def _cache_cases(cases: Sequence, *, config: Config, cache_dir: Path, progress: 
         except (FileNotFoundError, ValueError, OSError):
             pass  # missing, stale or corrupt entry: (re)build it
         image = read_volume(case.image, kind="image")
-        mask = check_pair(image, read_volume(case.label, kind="mask"))
+        if limits is not None:
+            check_scan(image, limits=limits)
+        mask = check_pair(image, read_volume(case.label, kind="mask", binarize=config.data.binarize_labels))
         pre = preprocess_volume(image, spec=config.preprocess, mask=mask)
         cache_case(pre, cache_dir=cache_dir, case_id=case.case_id)
         cached.append(load_cached_case(cache_dir, case.case_id))
@@ -303,7 +308,7 @@ def _cache_cases(cases: Sequence, *, config: Config, cache_dir: Path, progress: 
 
 
 def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
-                 progress: bool = True) -> PreparedData:
+                 progress: bool = True, limits: ScanLimits | None = None) -> PreparedData:
     """Discovers, splits and preprocesses the dataset; builds the sampler and augmenter.
 
     Args:
@@ -311,6 +316,8 @@ def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | 
         data_dir: Dataset folder (MSD, nnU-Net v2 or plain folders).
         run_dir: Run folder (the cache goes to ``run_dir/cache`` unless ``data.cache_dir``).
         progress: Show tqdm bars.
+        limits: Plausibility checks of each scan read (`segmentation.plausibility`); None:
+            none.
 
     Returns:
         `PreparedData` whose ``config`` is the resolved config.
@@ -332,7 +339,7 @@ def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | 
     cache_dir = cache_root / _spec_hash(config, digest)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = _cache_cases([*train_split, *val_split], config=config, cache_dir=cache_dir,
-                          progress=progress)
+                          progress=progress, limits=limits)
     train_cases = cached[: len(train_split)]
     val_cases = [
         ValCase(case_id=c.case_id, image_net=c.image, mask_net=c.mask, geometry=c.geometry,
@@ -1069,14 +1076,21 @@ def _summary(state: dict, prepared: PreparedData, *, status: str) -> dict:
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"Expected a run folder. Received: out_dir={run_dir} is a file")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        entries = ", ".join(sorted(p.name for p in run_dir.iterdir())[:6])
-        raise FileExistsError(
-            f"Expected a new or empty run folder. Received: out_dir={run_dir} already holds "
-            f"{entries}; use --resume to continue that run, or choose another --out"
-        )
+    from segmentation.preflight import check_run_dir
+
+    check_run_dir(run_dir, resume=resume)
+
+
+def _remove_new_entries(run_dir: Path, before: set[str] | None) -> None:
+    """Removes what this call created in ``run_dir`` (all of it when the folder was new)."""
+    import shutil
+
+    if before is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for path in run_dir.iterdir() if run_dir.is_dir() else ():
+        if path.name not in before:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -1099,7 +1113,7 @@ def _seed_everything(config: Config) -> None:
 def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
           resume: bool = False, progress: bool = True, devices: Sequence[str] | None = None,
           callbacks: Sequence[keras.callbacks.Callback] = (),
-          command_line: Sequence[str] | None = None) -> dict:
+          command_line: Sequence[str] | None = None, limits: ScanLimits | None = None) -> dict:
     """Trains a model and fills the run directory (see the module docstring).
 
     Args:
@@ -1113,6 +1127,8 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
             ``["/cpu:0", "/cpu:1"]``).
         callbacks: Extra Keras callbacks (run after the run's own).
         command_line: Recorded in ``manifest.json`` (default: ``sys.argv``).
+        limits: Plausibility checks of each scan (`segmentation.plausibility.ScanLimits`);
+            None: the defaults.
 
     Returns:
         The ``summary.json`` dict.
@@ -1120,16 +1136,20 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
     Raises:
         FileNotFoundError: ``data_dir`` does not exist.
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
-        ValueError: Bad dataset or a config that differs from the run's on resume.
+        ValueError: Bad dataset or a config that differs from the run's on resume, an
+            implausible scan, or ``resume`` without a run in ``out_dir``. Nothing is left in
+            ``out_dir`` by a run refused this way.
         TrainingError: The loss diverged (names epoch and step) or a checkpoint could not
             be written (`CheckpointError`; the previous checkpoint is intact).
     """
     run_dir = Path(out_dir)
     _check_run_dir(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     state = _read_state(run_dir) if resume else None
     if resume and (run_dir / "config.yaml").exists():
-        saved = load_config(run_dir / "config.yaml")
+        from segmentation.runfolder import load_run_config
+
+        saved = load_run_config(run_dir, need_model=False)  # whole, unedited, the manifest's
         diffs = _config_differences(config, saved)
         if diffs:
             raise ValueError(
@@ -1140,7 +1160,13 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
             config = dataclasses.replace(config, preprocess=saved.preprocess)
     session_start = time.perf_counter()
     _seed_everything(config)
-    prepared = prepare_data(config, data_dir=data_dir, run_dir=run_dir, progress=progress)
+    try:  # the run folder is created here, once the dataset has been read and checked
+        prepared = prepare_data(config, data_dir=data_dir, run_dir=run_dir, progress=progress,
+                                limits=ScanLimits() if limits is None else limits)
+    except Exception:
+        _remove_new_entries(run_dir, before)
+        raise
+    run_dir.mkdir(parents=True, exist_ok=True)
     config = prepared.config
     cfg = config.train
     strategy = make_strategy(config, devices=devices)
@@ -1272,7 +1298,13 @@ def bench_train(config: Config, *, data_dir: str | os.PathLike, run_dir: str | o
     from pipelines.data import measure_pipeline_throughput
 
     _seed_everything(config)
-    prepared = prepare_data(config, data_dir=data_dir, run_dir=run_dir, progress=progress)
+    try:  # the run folder is created here, once the dataset has been read and checked
+        prepared = prepare_data(config, data_dir=data_dir, run_dir=run_dir, progress=progress,
+                                limits=ScanLimits() if limits is None else limits)
+    except Exception:
+        _remove_new_entries(run_dir, before)
+        raise
+    run_dir.mkdir(parents=True, exist_ok=True)
     config = prepared.config
     dataset = make_train_dataset(config, prepared)
     pipeline = measure_pipeline_throughput(dataset, n_batches=steps, warmup_batches=warmup_steps)

@@ -5,7 +5,9 @@ This module only parses arguments and hands them to the pipelines (imported lazi
 every command is one call into ``segmentation`` or ``pipelines`` plus printing.
 
 Exit status: 0 on success, 1 when a command ran but some of its work failed (e.g. one
-scan of a folder in ``lungseg predict``), 2 for bad arguments or input.
+scan of a folder in ``lungseg predict``), 2 for bad arguments or input (checked before
+TensorFlow or a model is loaded, nothing written), 130 when interrupted. Error messages use
+the command line's option names (`_cli_words`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,89 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segmentation.tf_env import configure_process, import_tensorflow
+from segmentation.tf_env import configure_process
 
 __all__ = ["main", "build_parser"]
 
 _EXIT_OK, _EXIT_PARTIAL, _EXIT_BAD_INPUT = 0, 1, 2
-_TENSORFLOW_COMMANDS = ("demo", "train", "predict", "bench", "study")
+
+_EPILOG = """exit status:
+  0    success
+  1    the command ran but part of its work failed (e.g. one scan of a folder in
+       predict: a FAILED line names it), or a run-time failure (diverged loss, full disk)
+  2    bad arguments or input, refused before the work (and before TensorFlow or a
+       model is loaded): nothing is written; the message names the option or file
+  130  interrupted (Ctrl-C)
+
+input checks (see docs/outputs.md, "Exit status and input checks"): output folders
+(writable, not below a file, not an input), voxel spacing (--spacing-range-mm, default
+0.1 20), memory (--max-memory-gb, default 80 % of this machine's memory), CT in
+Hounsfield units (--allow-non-hu), label values (--binarize-labels)."""
+
+# API parameter names in library messages -> this command line's option names.
+_COMMON_WORDS = {
+    "pass overwrite=True / --overwrite": "use --overwrite",
+    "pass overwrite=True": "use --overwrite",
+    "pass binarize=True": "use --binarize-labels",
+    "out_dir": "--out",
+    "max_memory_gb": "--max-memory-gb",
+    "allow_non_hu": "--allow-non-hu",
+    "spacing_range_mm": "--spacing-range-mm",
+}
+_COMMAND_WORDS = {
+    "phantom": {"n_cases": "--cases", "n_test": "--test-cases", "seed=": "--seed=",
+                "size=": "--size=", "spacing_mm=": "--spacing="},
+    "train": {"data_dir": "--data"},
+    "evaluate": {"pred_dir": "--pred", "truth_dir": "--truth", "probs_dir": "--probs",
+                 "connectivity=": "--connectivity=", "iou_threshold": "--iou-threshold",
+                 "small_lesion_mm": "--small-lesion-mm", "size_bins_mm": "--size-bins-mm",
+                 "tolerance_mm": "--tolerance-mm"},
+    "predict": {"model_dir": "--model", "input_path": "--input", "input=": "--input=",
+                "threshold in (0, 1)": "--threshold in (0, 1)", "threshold=": "--threshold=", "min_size_mm3=": "--min-size-mm3=",
+                "window=": "--window="},
+    "bench": {"steps=": "--steps=", "shape=": "--shape="},
+    "study": {"data_dir": "--data", "n_seeds": "--seeds"},
+}
+
+
+def _cli_words(command: str, message: str) -> str:
+    """``message`` with the Python API's parameter names replaced by ``command``'s options."""
+    words = {**_COMMON_WORDS, **_COMMAND_WORDS.get(command, {})}
+    for api, option in sorted(words.items(), key=lambda item: -len(item[0])):
+        message = re.sub(r"(?<![\w.\-])" + re.escape(api) + (r"\b" if api[-1].isalnum() else ""),
+                         option, message)
+    return message
+
+
+def _add_scan_checks(parser: argparse.ArgumentParser, *, hu: bool = True) -> None:
+    """The options that relax the plausibility checks of the scans a command reads."""
+    parser.add_argument("--max-memory-gb", type=float, default=None, metavar="GB",
+                        help="refuse a scan (or window, or shape) whose processing is estimated "
+                             "to need more memory (default: 80%% of this machine's memory)")
+    parser.add_argument("--spacing-range-mm", type=float, nargs=2, default=None,
+                        metavar=("MIN", "MAX"),
+                        help="accepted voxel spacing per axis in mm (default: 0.1 20)")
+    if hu:
+        parser.add_argument("--allow-non-hu", action="store_true",
+                            help="accept scans that do not look like CT in Hounsfield units "
+                                 "(no air near -1000, 8-bit values, a label mask, MR)")
+
+
+def _limits(args: argparse.Namespace):
+    """The `ScanLimits` of a command's options."""
+    from segmentation.plausibility import DEFAULT_SPACING_RANGE_MM, ScanLimits
+
+    return ScanLimits(
+        spacing_range_mm=tuple(args.spacing_range_mm or DEFAULT_SPACING_RANGE_MM),
+        max_memory_gb=args.max_memory_gb,
+        allow_non_hu=bool(getattr(args, "allow_non_hu", False)),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lungseg",
         description="Lung-nodule segmentation on chest CT (TensorFlow / Keras 3).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -42,17 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     phantom = commands.add_parser("phantom", help="write a synthetic chest-CT dataset (MSD layout)")
     phantom.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     phantom.add_argument("--cases", type=int, required=True, help="number of training cases")
-    phantom.add_argument("--seed", type=int, default=0, help="random seed")
-    phantom.add_argument("--test-cases", type=int, default=0, help="extra held-out cases (imagesTs/labelsTs)")
-    phantom.add_argument("--size", type=int, nargs=3, metavar=("I", "J", "K"), help="voxels per axis")
-    phantom.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="voxel spacing in mm")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    phantom.add_argument("--test-cases", type=int, default=0,
+                         help="extra held-out cases (imagesTs/labelsTs; default: %(default)s)")
+    phantom.add_argument("--size", type=int, nargs=3, metavar=("I", "J", "K"),
+                         help="voxels per axis (default: 256 256 160)")
+    phantom.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                         help="voxel spacing in mm (default: drawn per case, 0.6-0.9 in-plane and "
+                              "1-2.5 between slices at the default size)")
     phantom.add_argument("--noise-scale", type=float, default=1.0,
                          help="factor on the drawn noise level, 0-4 (default 1: a second scanner "
                               "setting for tests of generalisation)")
     phantom.add_argument("--kernel", choices=("standard", "sharp", "smooth"), default="standard",
                          help="reconstruction kernel: point-spread width x1, x0.5 or x1.6 "
                               "(default standard)")
-    phantom.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    phantom.add_argument("--overwrite", action="store_true",
+                         help="replace an existing (or interrupted) phantom dataset")
 
     train = commands.add_parser("train", help="train a U-Net from a YAML config")
     train.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")
@@ -63,13 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE",
                        help="override config values, e.g. --set train.epochs=5 data.max_val_cases=2 "
                             "(repeatable)")
+    train.add_argument("--binarize-labels", action="store_true",
+                       help="map every label > 0 to 1 (multi-label masks; sets data.binarize_labels)")
+    _add_scan_checks(train)
 
     evaluate = commands.add_parser("evaluate", help="voxel and lesion-level metrics of predicted masks")
     evaluate.add_argument("--pred", type=Path, default=None, help="predicted masks ({case}_mask.nii.gz or same names)")
     evaluate.add_argument("--truth", type=Path, default=None, help="ground-truth masks")
     evaluate.add_argument("--probs", type=Path, default=None, help="probability maps for FROC/CPM")
     evaluate.add_argument("--out", type=Path, required=True, help="report folder")
-    evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26)
+    evaluate.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
+                          help="voxel connectivity of lesions: 6 (faces), 18 (edges) or 26 "
+                               "(corners; default)")
     evaluate.add_argument("--match", choices=("overlap", "iou"), default="overlap",
                           help="lesion matching rule (default: any overlap)")
     evaluate.add_argument("--iou-threshold", type=float, default=0.1, help="IoU threshold of --match iou")
@@ -94,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the evaluated scans (default: every scan named in the CSV files)")
     evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples (LUNA16)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (LUNA16)")
+    evaluate.add_argument("--binarize-labels", action="store_true",
+                          help="map every label > 0 to 1 in the truth and predicted masks "
+                               "(multi-label masks)")
 
     predict = commands.add_parser("predict", help="segment new scans (NIfTI file or folder, or a DICOM series)")
     predict.add_argument("--model", type=Path, required=True, help="run folder with model.keras and config.yaml")
@@ -101,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="NIfTI or MetaImage (.mhd/.mha) file, folder of them, or DICOM series folder")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--probs", action="store_true", help="also write {case}_probs.nii.gz")
-    predict.add_argument("--tta", action="store_true", default=None,
-                         help="mirror test-time augmentation (default: the run's inference.tta)")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="mirror test-time augmentation on or off (default: the run's "
+                              "inference.tta)")
     predict.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the run's)")
     predict.add_argument("--min-size-mm3", type=float, default=None, help="drop smaller components")
     predict.add_argument("--window", type=int, nargs="+", default=None, metavar="N",
@@ -133,30 +224,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only these PatientIDs, case ids or SeriesInstanceUIDs")
     lidc.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
     lidc.add_argument("--overwrite", action="store_true", help="replace a dataset in --out")
+    _add_scan_checks(predict)
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench.add_argument("what", choices=("train", "infer", "evaluate"))
     bench.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/cpu.yaml)")
     bench.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
-                       metavar="KEY=VALUE")
+                       metavar="KEY=VALUE",
+                       help="override config values, e.g. --set inference.batch_size=4 (repeatable)")
     bench.add_argument("--steps", type=int, default=None, help="timed steps (train)")
     bench.add_argument("--shape", type=int, nargs=3, default=None, metavar=("I", "J", "K"),
                        help="scan shape (infer/evaluate; default 512 512 300)")
     bench.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    bench.add_argument("--max-memory-gb", type=float, default=None, metavar="GB",
+                       help="refuse a --shape whose bench is estimated to need more memory "
+                            "(default: 80%% of this machine's memory)")
 
     study = commands.add_parser("study", help="controlled comparisons")
     study_kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
     losses = study_kinds.add_parser("losses", help="one model per loss and seed, everything else identical")
-    losses.add_argument("--config", type=Path, required=True)
-    losses.add_argument("--data", type=Path, required=True)
-    losses.add_argument("--out", type=Path, required=True)
+    losses.add_argument("--config", type=Path, required=True, help="YAML config shared by every run")
+    losses.add_argument("--data", type=Path, required=True,
+                        help="dataset folder (training cases; held-out imagesTs/labelsTs if any)")
+    losses.add_argument("--out", type=Path, required=True,
+                        help="study folder (one run folder per loss and seed, study.csv, study.md)")
     losses.add_argument("--losses", default="bce,dice,hybrid", help="comma-separated loss names")
     losses.add_argument("--seeds", type=int, default=3, help="number of seeds per loss")
     losses.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the config's)")
     losses.add_argument("--target-iou", type=float, default=None, help="validation IoU that defines convergence")
     losses.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
     losses.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
-                        metavar="KEY=VALUE")
+                        metavar="KEY=VALUE", help="override config values (repeatable)")
     return parser
 
 
@@ -169,14 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command in _TENSORFLOW_COMMANDS:
-            import_tensorflow()  # before the pipelines load it: no CUDA probe noise on CPUs
         return _COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"lungseg {args.command}: error: {error}", file=sys.stderr)
+        print(f"lungseg {args.command}: error: {_cli_words(args.command, str(error))}", file=sys.stderr)
         return _EXIT_BAD_INPUT
+    except MemoryError as error:  # an estimate that missed: still no traceback
+        print(f"lungseg {args.command}: failed: out of memory ({error}); lower --max-memory-gb "
+              "or use a smaller --window", file=sys.stderr)
+        return _EXIT_PARTIAL
     except (RuntimeError, OSError) as error:  # e.g. a diverged loss, a full disk
-        print(f"lungseg {args.command}: failed: {error}", file=sys.stderr)
+        print(f"lungseg {args.command}: failed: {_cli_words(args.command, str(error))}", file=sys.stderr)
         return _EXIT_PARTIAL
     except KeyboardInterrupt:
         print(f"lungseg {args.command}: interrupted", file=sys.stderr)
@@ -188,6 +288,9 @@ def _print_json(data: object) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from segmentation.preflight import check_output_dir
+
+    check_output_dir(args.out, option="--out")
     from pipelines.demo import run_demo
 
     result = run_demo(out_dir=args.out, quick=args.quick, overwrite=args.overwrite)
@@ -196,8 +299,16 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from segmentation.phantom import write_phantom_dataset
+    from segmentation.phantom import estimate_dataset_bytes, write_phantom_dataset
+    from segmentation.plausibility import format_bytes
+    from segmentation.preflight import check_output_dir
 
+    check_output_dir(args.out, option="--out")
+    estimate = estimate_dataset_bytes(args.out, n_cases=args.cases, n_test=args.test_cases,
+                                      size=tuple(args.size) if args.size else None)
+    print(f"phantom: {args.cases + max(args.test_cases, 0)} case(s), about "
+          f"{format_bytes(estimate['bytes'])} on disk ({format_bytes(estimate['free_bytes'])} free "
+          f"in {estimate['checked']})", flush=True)
     out = write_phantom_dataset(
         args.out,
         n_cases=args.cases,
@@ -215,11 +326,17 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from segmentation.config import load_config
-    from pipelines.train import train
+    from segmentation.preflight import check_training_inputs
 
-    config = load_config(args.config, overrides=args.overrides)
+    overrides = [*args.overrides, *(["data.binarize_labels=true"] if args.binarize_labels else [])]
+    config = load_config(args.config, overrides=overrides)
+    limits = _limits(args)
+    check_training_inputs(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
+                          limits=limits)
+    from pipelines.train import train  # TensorFlow: only after the checks
+
     summary = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
-                    command_line=["lungseg", *sys.argv[1:]])
+                    command_line=["lungseg", *sys.argv[1:]], limits=limits)
     _print_json(summary)
     return _EXIT_OK
 
@@ -246,6 +363,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         tolerance_mm=args.tolerance_mm,
         nodules=args.nodules,
         nodules_frame=args.nodules_frame,
+        binarize=args.binarize_labels,
     )
     _print_json(summary)
     return _EXIT_OK
@@ -278,6 +396,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         window=args.window,
         overwrite=args.overwrite,
         luna16_csv=args.luna16_csv,
+        limits=_limits(args),
     )
     for line in result["lines"]:
         print(line)
@@ -301,6 +420,10 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from segmentation.preflight import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out, option="--out", inputs=[("--config", args.config)])
     from pipelines import bench
 
     result = bench.run_bench(
@@ -310,12 +433,16 @@ def _run_bench(args: argparse.Namespace) -> int:
         steps=args.steps,
         shape=tuple(args.shape) if args.shape else None,
         out=args.out,
+        max_memory_gb=args.max_memory_gb,
     )
     _print_json(result)
     return _EXIT_OK
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    from segmentation.preflight import check_output_dir
+
+    check_output_dir(args.out, option="--out", inputs=[("--data", args.data)])
     from pipelines.study import study_losses
 
     result = study_losses(

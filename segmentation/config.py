@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import types
 import typing
@@ -47,11 +48,19 @@ __all__ = [
     "save_config",
     "apply_overrides",
     "DEFAULT_LOSS",
+    "CONFIG_FORMAT_VERSION",
+    "config_hash",
 ]
 
 
 class ConfigError(ValueError):
     """A config file, key or value is not valid."""
+
+
+CONFIG_FORMAT_VERSION = 1
+"""Format of a saved config: `save_config` writes it (``format_version``) and the config's
+`config_hash` (``config_sha256``) at the top of the file; `load_config` reads and drops them."""
+_META_KEYS = ("format_version", "config_sha256")
 
 
 DEFAULT_LOSS: dict[str, Any] = {
@@ -73,6 +82,8 @@ class DataConfig:
             directory (``RUN_DIR/cache``).
         max_val_cases: Cap on the number of validation scans evaluated each time (``None``:
             all of them).
+        binarize_labels: Map every integral label > 0 to 1 (multi-label masks, e.g. nodules
+            numbered 1..n); otherwise labels other than 0 and 1 are an error.
     """
 
     val_fraction: float = 0.2
@@ -81,6 +92,7 @@ class DataConfig:
     fold: int = 0
     cache_dir: str | None = None
     max_val_cases: int | None = None
+    binarize_labels: bool = False
 
     def __post_init__(self) -> None:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
@@ -405,12 +417,39 @@ def load_config(path: str | Path | None = None, *, overrides: Iterable[str] = ()
             raise ConfigError(
                 f"Expected a mapping at the top of config={path}. Received: {type(loaded).__name__}"
             )
-        data = loaded
-    data = apply_overrides(data, overrides)
+        data = _drop_meta_keys(loaded, source=source)
+    overrides = list(overrides)
     try:
-        return config_from_dict(data)
+        return config_from_dict(apply_overrides(data, overrides))
     except ConfigError as error:
-        raise ConfigError(f"{error} (config: {source})") from None
+        raise ConfigError(f"{error} ({_blame(error, data, overrides, source)})") from None
+
+
+def _drop_meta_keys(data: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """``data`` without ``format_version`` / ``config_sha256`` (checked, not applied)."""
+    version = data.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version > CONFIG_FORMAT_VERSION:
+        raise ConfigError(
+            f"Expected format_version <= {CONFIG_FORMAT_VERSION} (this lungseg) in config={source}. "
+            f"Received: format_version={version!r} (written by a newer lungseg?)"
+        )
+    return {k: v for k, v in data.items() if k not in _META_KEYS}
+
+
+def _blame(error: ConfigError, data: Mapping[str, Any], overrides: list[str], source: str) -> str:
+    """Names what caused ``error``: the ``--set`` items whose keys it names, or the file."""
+    text = str(error)
+    named = [o for o in overrides if o.split("=", 1)[0].strip() and o.split("=", 1)[0].strip() in text]
+    if not named and overrides:
+        try:
+            config_from_dict(data)
+        except ConfigError:
+            named = []
+        else:  # the file alone is valid: the overrides broke it
+            named = overrides
+    if named:
+        return "from --set " + " ".join(named)
+    return f"config: {source}"
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -455,11 +494,29 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str | Path) -> Path:
-    """Writes the resolved config as YAML, atomically (temp file, then rename)."""
+    """Writes the resolved config as YAML, atomically (temp file, then rename).
+
+    The file starts with ``format_version`` and ``config_sha256`` (`config_hash`), so a
+    reader can tell a truncated or edited file from the one training wrote.
+    """
     from segmentation.io import atomic_write
 
-    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    meta = {"format_version": CONFIG_FORMAT_VERSION, "config_sha256": config_hash(config)}
+    text = yaml.safe_dump({**meta, **config_to_dict(config)}, sort_keys=False)
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def config_hash(config: Config | Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a config, or of the mapping read from a saved one: its sorted YAML.
+
+    This is the ``config_hash`` of ``manifest.json`` and the ``config_sha256`` of a saved
+    ``config.yaml``; hashing the mapping as read (not a re-built `Config`) keeps the hashes
+    of files written before a key was added valid.
+    """
+    data = config if isinstance(config, Mapping) else config_to_dict(config)
+    data = {k: v for k, v in data.items() if k not in _META_KEYS}
+    text = yaml.safe_dump(data, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- helpers

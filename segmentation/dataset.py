@@ -33,11 +33,13 @@ import numpy as np
 
 from segmentation.io import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, case_id_from_path
 
-__all__ = ["Case", "DatasetError", "discover_cases", "kfold_split", "split_cases"]
+__all__ = ["Case", "DatasetError", "INCOMPLETE_MARKER", "discover_cases", "kfold_split", "split_cases"]
 
 _SPLITS = ("train", "test")
 _SCAN_SUFFIXES = NIFTI_SUFFIXES + METAIMAGE_SUFFIXES
 _MAX_LISTED = 10
+INCOMPLETE_MARKER = "dataset.incomplete.json"
+"""A dataset writer's mark of an unfinished folder (`segmentation.phantom`); such a folder is refused."""
 
 
 class DatasetError(ValueError):
@@ -374,6 +376,11 @@ def discover_cases(
     if not os.path.isdir(root):
         raise DatasetError(f"Expected an existing dataset folder. Received: root='{root}'")
     root_real = os.path.realpath(root)
+    if os.path.exists(os.path.join(root_real, INCOMPLETE_MARKER)):
+        raise DatasetError(
+            f"Expected a complete dataset. Received: root='{root}' holds {INCOMPLETE_MARKER} "
+            "(an interrupted `lungseg phantom`); rerun that command with --overwrite"
+        )
     json_path = Path(root_real) / "dataset.json"
     if json_path.is_file():
         data = _load_dataset_json(json_path)

@@ -52,6 +52,7 @@ __all__ = [
     "check_uniform_spacing",
     "dicom_affine",
     "find_dicom_series",
+    "ignored_files",
     "read_dicom_series",
     "slice_order",
 ]
@@ -113,19 +114,43 @@ def _folder(folder: str | os.PathLike) -> Path:
     return path
 
 
-def _read_header(path: Path) -> pydicom.Dataset | None:
-    """The header of an image file; None for a non-DICOM or non-image file."""
+def _read_header(path: Path) -> tuple[pydicom.Dataset | None, str]:
+    """The header of an image file, or None and why the file is not an image."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
-        return None
+        return None, "not a DICOM file"
     except Exception as err:  # truncated or corrupt DICOM: pydicom raises many types
         raise DicomError(
             f"Expected a readable DICOM file. Received: file='{path}' ({type(err).__name__}: {err})"
         ) from err
-    if "Rows" not in ds or "Columns" not in ds:
-        return None  # DICOMDIR, structured report, presentation state ...
-    return ds
+    if "Rows" not in ds or "Columns" not in ds:  # DICOMDIR, structured report, ...
+        uid = ds.get("SOPClassUID", None)
+        label = getattr(uid, "name", "") or str(uid or "")
+        return None, "DICOM without an image (no Rows/Columns" + (f"; {label}" if label else "") + ")"
+    return ds, ""
+
+
+def ignored_files(folder: str | os.PathLike) -> list[tuple[Path, str]]:
+    """The entries of a DICOM folder that are not read as slices, each with the reason.
+
+    Hidden files, sub-folders (not searched), non-DICOM files and DICOM files without an
+    image (``DICOMDIR``, reports). `read_dicom_series` logs each as a warning.
+    """
+    path = _folder(folder)
+    ignored = []
+    for entry in sorted(path.iterdir()):
+        if entry.is_dir():
+            ignored.append((entry, "a sub-folder (not searched)"))
+        elif entry.name.startswith("."):
+            ignored.append((entry, "a hidden file"))
+        elif entry.is_file():
+            ds, why = _read_header(entry)
+            if ds is None:
+                ignored.append((entry, why))
+        else:
+            ignored.append((entry, "not a regular file"))
+    return ignored
 
 
 def _series_number(ds: pydicom.Dataset) -> int | None:
@@ -140,7 +165,7 @@ def _scan_folder(folder: Path) -> dict[str, tuple[DicomSeries, list[pydicom.Data
     """Headers of every image file of ``folder`` grouped by SeriesInstanceUID."""
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        ds = _read_header(path)
+        ds, _ = _read_header(path)
         if ds is None:
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "")
@@ -432,6 +457,8 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
     """
     path = _folder(folder)
     series, headers = _select_series(path)
+    for entry, why in ignored_files(path):
+        logger.warning("Ignored '%s' in DICOM folder '%s': %s", entry.name, path, why)
     files = list(series.files)
     row, col, pixel_spacing, size = _check_consistent(headers, files, path)
     normal = np.cross(row, col)

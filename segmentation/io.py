@@ -593,6 +593,15 @@ def _output_header(reference: Volume, *, kind: str, dtype: np.dtype) -> nib.Nift
     return header
 
 
+def _stored_shape(reference: Volume) -> tuple[int, ...]:
+    """The source shape plus the trailing singleton axes of the source file (4D with one volume)."""
+    shape = tuple(int(s) for s in reference.header.get_data_shape())
+    source = tuple(reference.source_shape)
+    if len(shape) > 3 and shape[:3] == source and all(s == 1 for s in shape[3:]):
+        return shape
+    return source
+
+
 def write_volume(
     path: str | os.PathLike,
     array: np.ndarray,
@@ -623,7 +632,8 @@ def write_volume(
     Raises:
         ValueError: Bad path suffix, kind, space, dtype, shape or values.
         VolumeError: If the re-read file's shape or affine differ from the reference's
-            source shape and affine (nothing is left at ``path`` in that case).
+            source shape and affine (nothing is left at ``path`` in that case). A reference
+            read from a 4D file with one volume gets a 4D file with one volume.
     """
     path = _as_path(path)
     _check_kind(kind, _KINDS_WRITE)
@@ -659,12 +669,15 @@ def write_volume(
     header = _output_header(reference, kind=kind, dtype=out_dtype)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
 
+    stored_shape = _stored_shape(reference)
+
     def _write_and_verify(tmp: Path) -> None:
-        image = image_class(data, reference.source_affine, header=header, dtype=out_dtype)
+        image = image_class(data.reshape(stored_shape), reference.source_affine, header=header,
+                            dtype=out_dtype)
         image.header.set_slope_inter(*_slope_inter(kind, out_dtype))  # init resets them
         nib.save(image, tmp)
         written = nib.load(tmp)
-        if tuple(written.shape) != tuple(reference.source_shape) or not np.allclose(
+        if tuple(written.shape) != stored_shape or not np.allclose(
             written.affine, reference.source_affine, rtol=0.0, atol=1e-4
         ):
             raise VolumeError(

@@ -15,14 +15,18 @@ Quiet start on CPUs. TensorFlow 2.21 writes its first log lines before its C++ l
 ``TF_CPP_MIN_LOG_LEVEL`` (``I0000 ... port.cc`` oneDNN notice, ``cudart_stub.cc: Could not find
 cuda drivers``), and on a machine without an NVIDIA driver its CUDA probe logs an *error*
 (``failed call to cuInit: ... UNKNOWN ERROR (303)``) into every command's output. The CLI calls
-`configure_process` (log level 1 unless the user chose one: warnings and errors stay) and then
-`import_tensorflow`, which imports TensorFlow and enumerates its devices with the process's
-standard error captured, and writes back what is left after `filter_startup_log`: the level
-applied to the early lines, and the CUDA probe's lines dropped where no NVIDIA driver exists.
+`configure_process` (log level 1 unless the user chose one: warnings and errors stay), which
+installs a one-shot import hook: whenever TensorFlow is first imported, it loads and enumerates
+its devices with the process's standard error captured, and what `filter_startup_log` keeps is
+written back (the level applied to the early lines; the CUDA probe's lines dropped where no
+NVIDIA driver exists).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import os
 import platform
 import re
@@ -35,7 +39,7 @@ from types import ModuleType
 __all__ = [
     "DEFAULT_LOG_LEVEL", "LOG_LEVEL_VARIABLE", "ONEDNN_VARIABLE", "configure_process", "cpu_flags",
     "filter_startup_log", "import_tensorflow", "nvidia_driver_present", "onednn_on_by_default",
-    "prefer_onednn",
+    "prefer_onednn", "quiet_tensorflow_start",
 ]
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
@@ -56,7 +60,6 @@ _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 # CPU features with which TensorFlow's x86 wheels turn oneDNN on by themselves.
 _ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
 _warned = False
-_log_level_set_here = False
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
@@ -116,14 +119,13 @@ def prefer_onednn() -> bool:
 def configure_process() -> None:
     """The process settings the CLI makes before TensorFlow loads (the one place it does).
 
-    oneDNN as in `prefer_onednn`, and ``TF_CPP_MIN_LOG_LEVEL`` = `DEFAULT_LOG_LEVEL` unless the
-    environment already sets it.
+    oneDNN as in `prefer_onednn`, and ``TF_CPP_MIN_LOG_LEVEL`` = `DEFAULT_LOG_LEVEL` with the
+    quiet start of `quiet_tensorflow_start` unless the environment already sets the level.
     """
-    global _log_level_set_here
     prefer_onednn()
     if LOG_LEVEL_VARIABLE not in os.environ:
         os.environ[LOG_LEVEL_VARIABLE] = DEFAULT_LOG_LEVEL
-        _log_level_set_here = True
+        quiet_tensorflow_start()
 
 
 def nvidia_driver_present() -> bool:
@@ -160,29 +162,15 @@ def filter_startup_log(text: str, *, min_log_level: int, drop_cuda_probe: bool) 
     return "".join(kept)
 
 
-def import_tensorflow() -> ModuleType:
-    """Imports TensorFlow and lists its devices, keeping the CUDA probe's noise out of stderr.
-
-    Standard error (file descriptor 2) is captured while TensorFlow loads and enumerates its
-    devices, then what `filter_startup_log` keeps is written to it. Only when
-    `configure_process` chose the log level: a user who set ``TF_CPP_MIN_LOG_LEVEL`` sees
-    TensorFlow's own output. A no-op returning the module when TensorFlow is loaded.
-    """
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    if not _log_level_set_here:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-        return tf
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Captures file descriptor 2 for the block, then writes back what `filter_startup_log` keeps."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -194,4 +182,58 @@ def import_tensorflow() -> ModuleType:
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
+
+
+class _QuietStartLoader(importlib.abc.Loader):
+    """Runs TensorFlow's own loader, then lists its devices, with stderr filtered."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with _filtered_stderr():
+            self._loader.exec_module(module)
+            module.config.list_physical_devices()  # the CUDA probe runs here
+
+
+class _QuietStartFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` once, the first time anything imports it, for `_QuietStartLoader`."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietStartLoader(spec.loader)
+        return spec
+
+
+def quiet_tensorflow_start() -> bool:
+    """Makes the first import of TensorFlow, wherever it happens, go through `_filtered_stderr`.
+
+    Commands check their arguments before they load TensorFlow, so the import happens deep in
+    the pipelines; a one-shot import hook lets it stay there. Installed by `configure_process`
+    when it chose the log level. Returns True when the hook was installed.
+    """
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietStartFinder) for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _QuietStartFinder())
+    return True
+
+
+def import_tensorflow() -> ModuleType:
+    """Imports TensorFlow and lists its devices (through the quiet start when it is installed).
+
+    A no-op returning the module when TensorFlow is loaded.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()
     return tf

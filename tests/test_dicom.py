@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from segmentation.dicom import (
+    ignored_files,
     DicomError,
     check_uniform_spacing,
     dicom_affine,
@@ -128,6 +129,33 @@ def test_non_dicom_files_in_the_folder_are_ignored(tmp_path):
     (tmp_path / "ct" / "notes.bin").write_bytes(b"\x00" * 300)
     volume = read_dicom_series(tmp_path / "ct")
     assert volume.source_shape == (5, 6, 3)
+
+
+def test_every_ignored_file_is_logged_with_the_reason(tmp_path, caplog):
+    stored = _stored_volume(n=3)
+    _write_series(tmp_path / "ct", stored)
+    (tmp_path / "ct" / "README.txt").write_text("not dicom")
+    (tmp_path / "ct" / ".DS_Store").write_bytes(b"\x00")
+    (tmp_path / "ct" / "older").mkdir()
+    no_image = Dataset()
+    no_image.file_meta = FileMetaDataset()
+    no_image.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory
+    no_image.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    no_image.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    no_image.SOPClassUID = "1.2.840.10008.1.3.10"
+    no_image.save_as(tmp_path / "ct" / "DIRFILE", enforce_file_format=True)
+    with caplog.at_level("WARNING", logger="segmentation.dicom"):
+        read_dicom_series(tmp_path / "ct")
+    expected = {"README.txt": "not a DICOM file", ".DS_Store": "a hidden file",
+                "older": "a sub-folder", "DIRFILE": "DICOM without an image"}
+    for name, why in expected.items():
+        assert any(f"'{name}'" in r.message and why in r.message for r in caplog.records), name
+    assert len(caplog.records) == len(expected)  # the slices are not reported
+
+
+def test_ignored_files_lists_nothing_for_a_clean_series(tmp_path):
+    _write_series(tmp_path / "ct", _stored_volume(n=3))
+    assert ignored_files(tmp_path / "ct") == []
 
 
 def test_single_slice_uses_slice_thickness_along_the_normal(tmp_path):

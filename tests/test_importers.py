@@ -14,7 +14,7 @@ from segmentation.cli import main
 from segmentation.dataset import discover_cases
 from segmentation.io import check_pair, read_volume
 
-sitk = pytest.importorskip("SimpleITK")
+import SimpleITK as sitk  # a dependency: missing must fail, not skip
 
 LUNA_SPACING = (0.75, 0.8, 2.0)
 

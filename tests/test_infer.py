@@ -42,6 +42,7 @@ from segmentation.config import load_config, save_config
 from segmentation.io import VolumeError, read_volume
 from segmentation.metrics import dice
 from segmentation.preprocessing import hu_window
+from segmentation.plausibility import ScanLimits
 
 BASE = [
     "model.filters=[4,8]",
@@ -683,7 +684,7 @@ def test_end_to_end_phantom_train_predict_evaluate(tmp_path):
 
 
 def test_metaimage_scan_gives_a_mask_on_its_grid_and_luna16_candidates_in_lps(truth_run, tmp_path):
-    sitk = pytest.importorskip("SimpleITK")
+    import SimpleITK as sitk
     shape = (16, 14, 9)
     origin_lps = np.array([-20.0, 15.0, -100.0])
     spacing = np.array([0.8, 0.7, 2.0])
@@ -712,3 +713,60 @@ def test_metaimage_scan_gives_a_mask_on_its_grid_and_luna16_candidates_in_lps(tr
     np.testing.assert_allclose(found, centre_lps, atol=1e-3)
     assert 0.99 < float(rows[0]["probability"]) <= 1.0
     assert "LUNA16 candidates: 1 row(s) of 1 scan(s)" in result["lines"][-2]
+# --------------------------------------------------------------------------- issue 19
+
+
+def test_4d_singleton_input_gets_a_4d_singleton_mask(truth_run, tmp_path):
+    shape = (10, 24, 20)
+    image, truth = _phantom(shape, SLP_AFFINE, [(_world_grid(shape, SLP_AFFINE).reshape(3, -1).mean(1), 4.0)])
+    scan = _write_nifti(tmp_path / "four_d.nii.gz", image[..., None], SLP_AFFINE)
+    assert nib.load(scan).shape == (*shape, 1)
+    predict(model_dir=truth_run, input_path=scan, out_dir=tmp_path / "out", write_probs=True, progress=False)
+    for name in ("four_d_mask.nii.gz", "four_d_probs.nii.gz"):
+        written = nib.load(tmp_path / "out" / name)
+        assert written.shape == (*shape, 1), name
+        np.testing.assert_allclose(written.affine, SLP_AFFINE, atol=1e-5)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "out" / "four_d_mask.nii.gz").dataobj)[..., 0],
+                                  truth)
+
+
+def test_tta_false_turns_off_the_runs_tta(tmp_path):
+    run = _save_run(tmp_path / "run", _config("inference.tta=true"), _truth_model())
+    scan = _random_scan(tmp_path / "a.nii.gz", (16, 16, 16))
+    predict(model_dir=run, input_path=scan, out_dir=tmp_path / "default", progress=False)
+    predict(model_dir=run, input_path=scan, out_dir=tmp_path / "off", tta=False, progress=False)
+    assert json.loads((tmp_path / "default" / "a_nodules.json").read_text())["tta"] is True
+    assert json.loads((tmp_path / "off" / "a_nodules.json").read_text())["tta"] is False
+
+
+def test_scan_that_is_not_hu_is_refused_and_allowed_with_the_override(truth_run, tmp_path):
+    scan = _write_nifti(tmp_path / "u8.nii.gz", np.random.default_rng(0).integers(0, 256, (16, 16, 16)),
+                        np.eye(4), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"Hounsfield.*u8\.nii\.gz.*8-bit"):
+        predict(model_dir=truth_run, input_path=scan, out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    result = predict(model_dir=truth_run, input_path=scan, out_dir=tmp_path / "out", progress=False,
+                     limits=ScanLimits(allow_non_hu=True))
+    assert result["failed"] == 0 and (tmp_path / "out" / "u8_mask.nii.gz").exists()
+
+
+def test_edited_run_config_is_refused_before_the_model(truth_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes((truth_run / "model.keras").read_bytes())
+    original = (truth_run / "config.yaml").read_text()
+    text = original.replace("overlap: 0.5", "overlap: 0.25")
+    assert text != original
+    (run / "config.yaml").write_text(text)
+    with pytest.raises(InferenceError, match="edited or cut"):
+        predict(model_dir=run, input_path=_random_scan(tmp_path / "a.nii.gz"), out_dir=tmp_path / "out",
+                progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_window_rule_matches_the_predictor():
+    from pipelines.infer import _window_of
+    from pipelines.predictor import inference_window
+
+    for config in (_config(), _config("inference.window=[32,32,32]")):
+        assert _window_of(config) == inference_window(config)

@@ -131,6 +131,16 @@ def test_4d_with_single_volume_is_squeezed(tmp_path):
     assert vol.array.shape == SHAPE
     assert vol.source_shape == SHAPE
     out = write_volume(tmp_path / "back.nii.gz", vol.array > 30, reference=vol, kind="mask")
+    written = nib.load(out)
+    assert written.shape == SHAPE + (1,)  # the input's shape: 4D with a single volume
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj)[..., 0],
+                                  vol.to_source(vol.array > 30).astype(np.uint8))
+
+
+def test_3d_reference_is_written_3d(tmp_path):
+    path = _save(tmp_path / "three.nii.gz", _distinct(), np.eye(4))
+    vol = read_volume(path)
+    out = write_volume(tmp_path / "back.nii.gz", vol.array > 30, reference=vol, kind="mask")
     assert nib.load(out).shape == SHAPE
 
 
@@ -392,7 +402,6 @@ def test_wrong_suffix(tmp_path):
 
 
 def test_corrupt_metaimage_is_read_through_segmentation_metaimage(tmp_path):
-    pytest.importorskip("SimpleITK")
     (tmp_path / "scan.mha").write_bytes(b"x")
     with pytest.raises(VolumeError, match=r"MetaImage header.*scan\.mha"):
         read_volume(tmp_path / "scan.mha")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-sitk = pytest.importorskip("SimpleITK")
+import SimpleITK as sitk  # a dependency: missing must fail, not skip
 
 from segmentation.dataset import discover_cases  # noqa: E402
 from segmentation.io import read_volume, write_volume  # noqa: E402

@@ -160,6 +160,42 @@ def test_overwrite_replaces_phantom_files_only(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
 
 
+def test_interrupted_dataset_is_clearly_incomplete(tmp_path):
+    from segmentation.dataset import DatasetError, discover_cases
+
+    out = tmp_path / "ds"
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        phantom.write_phantom_dataset(out, n_cases=2, seed=0, size=(16, 16, 16), progress=interrupt)
+    assert not (out / "dataset.json").exists()
+    marker = json.loads((out / phantom.INCOMPLETE_FILE).read_text())
+    assert marker["n_cases"] == 2 and "--overwrite" in marker["status"]
+    with pytest.raises(DatasetError, match="interrupted"):
+        discover_cases(out)
+    with pytest.raises(ValueError, match="interrupted phantom dataset"):
+        phantom.write_phantom_dataset(out, n_cases=2, seed=0, size=(16, 16, 16))
+    phantom.write_phantom_dataset(out, n_cases=2, seed=0, size=(16, 16, 16), overwrite=True)
+    assert not (out / phantom.INCOMPLETE_FILE).exists()
+    assert len(discover_cases(out)) == 2
+
+
+def test_disk_estimate_scales_with_cases_and_voxels(tmp_path):
+    one = phantom.estimate_dataset_bytes(tmp_path / "new", n_cases=1, size=(100, 100, 100))
+    assert one["bytes"] == int(1.4 * 10**6)
+    assert phantom.estimate_dataset_bytes(tmp_path, n_cases=3, n_test=1, size=(100, 100, 100))["bytes"] \
+        == int(4 * 1.4 * 10**6)
+    assert one["checked"] == str(tmp_path) and one["free_bytes"] > 0
+
+
+def test_dataset_larger_than_the_free_disk_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="GB needed"):
+        phantom.write_phantom_dataset(tmp_path / "ds", n_cases=10**6, seed=0, size=(1024, 1024, 1024))
+    assert not (tmp_path / "ds").exists()
+
+
 def test_out_dir_that_is_a_file_raises(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")

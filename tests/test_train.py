@@ -306,6 +306,46 @@ def test_dataset_without_any_label_voxel_is_an_error(tmp_path):
         train(_config(), data_dir=root, out_dir=tmp_path / "run", progress=False)
 
 
+def test_rejected_dataset_leaves_no_run_folder(tmp_path):
+    root = _write_dataset(tmp_path / "nolabels", 3, empty_labels=True)
+    with pytest.raises(ValueError, match="no foreground voxel"):
+        train(_config(), data_dir=root, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(ValueError, match="no foreground voxel"):
+        train(_config(), data_dir=root, out_dir=tmp_path / "empty_run", progress=False)
+    assert list((tmp_path / "empty_run").iterdir()) == []  # the cache written meanwhile is gone
+
+
+def test_multilabel_dataset_names_the_option_and_leaves_no_run_folder(tmp_path):
+    root = _write_dataset(tmp_path / "multi", 3)
+    label_path = root / "labelsTr" / "case_001.nii.gz"
+    label = nib.load(label_path)
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj) * 2, label.affine), label_path)
+    with pytest.raises(ValueError, match="binarize=True"):
+        train(_config(), data_dir=root, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    prepared = prepare_data(_config("data.binarize_labels=true"), data_dir=root, run_dir=tmp_path / "b",
+                            progress=False)
+    assert all(set(np.unique(np.asarray(c.mask))) <= {0, 1} for c in prepared.train_cases)
+
+
+def test_non_hu_scan_is_refused_before_any_run_folder(tmp_path):
+    root = _write_dataset(tmp_path / "u8", 3)
+    image_path = root / "imagesTr" / "case_002.nii.gz"
+    image = nib.load(image_path)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8) + 7, image.affine), image_path)
+    with pytest.raises(ValueError, match=r"Hounsfield.*case_002"):
+        train(_config(), data_dir=root, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_run_is_an_error(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="drop --resume"):
+        train(_config(), data_dir=tiny_data, out_dir=tmp_path / "run", resume=True, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_used_run_dir_without_resume_is_an_error(tiny_data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
