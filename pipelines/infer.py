@@ -17,7 +17,7 @@ Per scan (`predict_volume` holds the numerical part, `predict` the files):
    (``>= threshold``), removal of connected components smaller than ``min_size_mm3``
    (connectivity ``evaluation.connectivity``, as in evaluation) and, with
    ``inference.lung_mask``, the lung filter;
-6. write, each file atomically: ``{case}_probs.nii.gz`` (with ``write_probs``; float32),
+5. write, each file atomically: ``{case}_probs.nii.gz`` (with ``write_probs``; float32),
    ``{case}_nodules.csv``, ``{case}_nodules.json`` and last ``{case}_mask.nii.gz`` (uint8),
    all with the input's source shape, affine and header codes (``write_volume`` re-reads the
    file and checks shape and affine before the rename). Since the mask is written last, a
