@@ -68,19 +68,13 @@ def test_read_state_of_a_new_run_is_none(tmp_path):
     assert ck.read_state(tmp_path) is None
 
 
-def test_read_state_rolls_forward_a_pending_record_that_matches_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("pending_step, epoch", [(0, 2), (5, 1)])
+def test_read_state_rolls_a_pending_record_forward_only_when_its_step_is_the_checkpoints(
+        tmp_path, pending_step, epoch):
     ck.commit_epoch(_model(), run_dir=tmp_path, state=_state(1, 0), improved=False)
     ckpt = tmp_path / "checkpoints"
-    (ckpt / "state.json.pending").write_text(json.dumps(_state(2, 0)))
-    assert ck.read_state(tmp_path)["epoch"] == 2
-    assert not (ckpt / "state.json.pending").exists()
-
-
-def test_read_state_drops_a_pending_record_of_another_step(tmp_path):
-    ck.commit_epoch(_model(), run_dir=tmp_path, state=_state(1, 0), improved=False)
-    ckpt = tmp_path / "checkpoints"
-    (ckpt / "state.json.pending").write_text(json.dumps(_state(2, 5)))
-    assert ck.read_state(tmp_path)["epoch"] == 1
+    (ckpt / "state.json.pending").write_text(json.dumps(_state(2, pending_step)))
+    assert ck.read_state(tmp_path)["epoch"] == epoch
     assert not (ckpt / "state.json.pending").exists()
 
 

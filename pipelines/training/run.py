@@ -31,7 +31,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
 
 def _fit(prepared: PreparedData, *, run_dir: Path, state: dict, strategy: tf.distribute.Strategy,
          chief: bool, progress: bool, extra_callbacks: Sequence[keras.callbacks.Callback],
-         wall_time_s) -> None:
+         wall_time_s: Callable[[], float]) -> None:
     """Builds (or loads) the model and runs ``model.fit`` from the state's epoch."""
     config = prepared.config
     cfg = config.train
@@ -176,7 +176,7 @@ def _fit(prepared: PreparedData, *, run_dir: Path, state: dict, strategy: tf.dis
 
 
 def _run_callbacks(prepared: PreparedData, *, run_dir: Path, state: dict, chief: bool,
-                   guard: DivergenceGuard, wall_time_s) -> list:
+                   guard: DivergenceGuard, wall_time_s: Callable[[], float]) -> list:
     """The run's own callbacks, in the order they must run at each epoch's end."""
     config = prepared.config
     cfg = config.train
