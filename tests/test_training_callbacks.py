@@ -1,17 +1,21 @@
 """Tests of pipelines/training/callbacks.py: each of the run's callbacks on its own.
 
-The callbacks see a stand-in model (an optimizer step and learning rate, ``stop_training``);
-validation is a stand-in function, so nothing here trains.
+The callbacks see a stand-in model (an optimizer step and learning rate, ``stop_training``),
+or a one-layer Keras model where a checkpoint is written; validation is a stand-in, so
+nothing here trains.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import pytest
 
@@ -236,3 +240,28 @@ def test_epoch_commit_of_a_non_chief_updates_the_state_and_writes_nothing(tmp_pa
     row = state["history"][0]
     assert list(row)[:5] == ["epoch", "loss", "loss_dice", "lr", "wall_time_s"]
     assert row["lr"] == 0.125 and row["val_dice_mean"] == 0.75
+
+
+def test_epoch_commit_of_the_chief_commits_and_rewrites_history_and_summary(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.125), loss="mse")
+    config = load_config(None, overrides=["train.steps_per_epoch=3", "train.batch_size=2"])
+    prepared = SimpleNamespace(config=config, train_cases=[1, 2], val_cases=[3], train_ids=["a", "b"],
+                               val_ids=["c"])
+    state = {"epoch": 0, "history": []}
+    validation = _Validation()
+    run = tmp_path / "run"
+    commit = _with_model(cb.EpochCommit(
+        run_dir=run, prepared=prepared, state=state, best=SimpleNamespace(improved=False),
+        validation=validation, meter=cb.ThroughputMeter(batch_size=2), chief=True,
+        wall_time_s=lambda: 2.0), model)
+    for epoch in range(2):
+        commit.on_epoch_end(epoch, {"loss": 0.5 - epoch / 10})
+    with open(run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[1]["loss"] == "0.4"
+    assert rows[0]["val_dice_mean"] == ""  # no validation: the column is there, empty
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "running" and summary["epochs_completed"] == 2
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 2
+    assert (run / "checkpoints" / "last.keras").is_file() and not (run / "model.keras").exists()
