@@ -103,8 +103,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.debug = debug
         self.state = state
-        self.current_epoch = 0
-        """0-based index of the epoch being trained."""
+        self.current_epoch = 0  # 0-based index of the epoch being trained
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current_epoch = epoch
