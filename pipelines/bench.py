@@ -258,9 +258,9 @@ def bench_train_speed(config, *, steps: int = DEFAULT_TRAIN_STEPS, warmup_steps:
     import keras
 
     from models.unet import count_params, estimate_flops
-    from pipelines.train import (build_model, compile_model, make_train_dataset,
-                                 prepare_data)
     from pipelines.data import measure_pipeline_throughput
+    from pipelines.training.data import make_train_dataset, prepare_data
+    from pipelines.training.model import build_model, compile_model
     from segmentation.phantom import write_phantom_dataset
 
     steps = _check_positive_int(steps, name="steps")
@@ -447,7 +447,7 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
 
     from pipelines.infer import predict_volume
     from pipelines.predictor import inference_window
-    from pipelines.train import build_model
+    from pipelines.training.model import build_model
     from segmentation.io import volume_from_array
     from segmentation.preprocessing import preprocess_volume
 

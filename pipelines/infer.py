@@ -11,11 +11,13 @@ Per scan (`predict_volume` holds the numerical part, `predict` the files):
    ``inference.window`` or ``train.patch_size``, ``inference.overlap``, Gaussian importance,
    batched windows, air-only windows skipped, optional mirror TTA), network-space
    probabilities;
-4. ``Geometry.inverse(probs, order=1)``: probabilities (not labels) go back to the exact
-   source grid and voxel order, then are clipped to [0, 1];
-5. threshold (``>= threshold``) and removal of connected components smaller than
-   ``min_size_mm3`` (connectivity ``evaluation.connectivity``, as in evaluation);
-6. write, each file atomically: ``{case}_probs.nii.gz`` (with ``write_probs``; float32),
+4. `pipelines.predictor.postprocess`, the post-processing chain that training-time
+   validation shares: ``Geometry.inverse(probs, order=1)`` (probabilities, not labels, go
+   back to the exact source grid and voxel order, then are clipped to [0, 1]), threshold
+   (``>= threshold``), removal of connected components smaller than ``min_size_mm3``
+   (connectivity ``evaluation.connectivity``, as in evaluation) and, with
+   ``inference.lung_mask``, the lung filter;
+5. write, each file atomically: ``{case}_probs.nii.gz`` (with ``write_probs``; float32),
    ``{case}_nodules.csv``, ``{case}_nodules.json`` and last ``{case}_mask.nii.gz`` (uint8),
    all with the input's source shape, affine and header codes (``write_volume`` re-reads the
    file and checks shape and affine before the rename). Since the mask is written last, a
@@ -252,31 +254,27 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
         InferenceError: Bad ``threshold`` or ``min_size_mm3``.
         ValueError: A non-finite preprocessed image (from `predict_probabilities`).
     """
-    from pipelines.predictor import lung_filter, predict_probabilities, probabilities_to_mask
+    threshold = _check_threshold(config.inference.threshold if threshold is None else threshold)
+    min_size_mm3 = _check_min_size(
+        config.inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3)
+    return _predict_checked(model, config, volume, tta=tta, threshold=threshold,
+                            min_size_mm3=min_size_mm3, predict_fn=predict_fn)
 
-    inference = config.inference
-    threshold = _check_threshold(inference.threshold if threshold is None else threshold)
-    min_size_mm3 = _check_min_size(inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3)
+
+def _predict_checked(model: Any, config: Config, volume: Volume, *, tta: bool | None,
+                     threshold: float, min_size_mm3: float,
+                     predict_fn: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`predict_volume` on options already checked (by it, or where `predict` takes them)."""
+    from pipelines.predictor import postprocess, predict_probabilities
+
     pre = preprocess_volume(volume, spec=config.preprocess)
     geometry, image_net = pre.geometry, pre.image
     del pre
-    probs_net = predict_probabilities(model, image_net, config=config, tta=tta, predict_fn=predict_fn)
-    if not config.inference.lung_mask:
-        del image_net  # kept only for the lung region
-    probs = np.ascontiguousarray(geometry.inverse(probs_net, order=1, fill=0.0), dtype=np.float32)
-    del probs_net
-    if not probs.flags.writeable:
-        probs = probs.copy()
-    np.clip(probs, 0.0, 1.0, out=probs)
-    mask = probabilities_to_mask(
-        probs,
-        threshold=threshold,
-        spacing_mm=_source_spacing_mm(volume),
-        min_size_mm3=min_size_mm3,
-        connectivity=config.evaluation.connectivity,
-    )
-    if config.inference.lung_mask:
-        mask = lung_filter(mask, image_net=image_net, geometry=geometry, config=config)
+    probs, mask = postprocess(
+        # passed straight on: the chain holds the only reference and frees it early
+        predict_probabilities(model, image_net, config=config, tta=tta, predict_fn=predict_fn),
+        geometry=geometry, config=config, image_net=image_net, threshold=threshold,
+        min_size_mm3=min_size_mm3)
     return probs, mask.view(np.uint8)
 
 
@@ -615,8 +613,8 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
     paths = output_paths(out_dir, case.case_id)
     if volume is None:
         volume = _read_case(case, limits=limits, estimate=_estimator(config, tta=tta))
-    probs, mask = predict_volume(model, config, volume, tta=tta, threshold=threshold,
-                                 min_size_mm3=min_size_mm3, predict_fn=predict_fn)
+    probs, mask = _predict_checked(model, config, volume, tta=tta, threshold=threshold,
+                                   min_size_mm3=min_size_mm3, predict_fn=predict_fn)
     connectivity = config.evaluation.connectivity
     rows = nodule_table(mask, probs, affine=volume.source_affine, connectivity=connectivity)
     record = _case_record(case, volume, rows, run=run, threshold=threshold,

@@ -17,9 +17,11 @@ The forward pass is compiled once per (model, batch shape): windows are always s
 batches of exactly ``inference.batch_size`` (the last batch is padded with zeros and the
 padding dropped), so nothing is retraced between scans of different sizes.
 
-Probabilities are returned in network space; callers bring them back to the scan's grid
-with ``Geometry.inverse(probs, order=1)`` *before* thresholding with
-`probabilities_to_mask`.
+Probabilities are returned in network space. `postprocess` is the one post-processing
+chain that training-time validation and ``lungseg predict`` (and with it ``lungseg demo``
+and ``lungseg study``) share: probabilities back to the scan's own grid with
+``Geometry.inverse(probs, order=1)`` *before* thresholding, threshold, minimum component
+size (`probabilities_to_mask`), optional lung filter (`lung_filter`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import tensorflow as tf
 
+from segmentation.alignment import spacing_from_affine
 from segmentation.config import Config
 from segmentation.lungmask import LUNG_AIR_HU, drop_components_outside, lung_region
 from segmentation.sliding_window import sliding_window_inference
@@ -47,6 +50,7 @@ __all__ = [
     "predict_probabilities",
     "probabilities_to_mask",
     "lung_filter",
+    "postprocess",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,6 +308,14 @@ def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
         raise ValueError(f"Expected threshold in (0, 1). Received: threshold={threshold}")
     if connectivity not in (6, 18, 26):
         raise ValueError(f"Expected connectivity in (6, 18, 26). Received: connectivity={connectivity}")
+    return _threshold_and_size(probs, threshold=threshold, spacing_mm=spacing_mm,
+                               min_size_mm3=min_size_mm3, connectivity=connectivity)
+
+
+def _threshold_and_size(probs: np.ndarray, *, threshold: float,
+                        spacing_mm: tuple[float, float, float] | None, min_size_mm3: float,
+                        connectivity: int) -> np.ndarray:
+    """`probabilities_to_mask` on a threshold and connectivity already checked."""
     mask = np.asarray(probs) >= threshold
     if min_size_mm3 <= 0 or not mask.any():
         return mask
@@ -316,3 +328,52 @@ def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
     keep = counts * voxel_mm3 >= min_size_mm3
     keep[0] = False
     return keep[labels]
+
+
+def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
+                image_net: np.ndarray | None = None, threshold: float | None = None,
+                min_size_mm3: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The post-processing chain: network-grid probabilities to the scan's probabilities and mask.
+
+    Probabilities (not labels) go back to the scan's own grid and voxel order with
+    ``geometry.inverse(order=1)`` and are clipped to [0, 1]; then ``>= threshold``, removal
+    of connected components smaller than ``min_size_mm3`` (spacing of the scan's grid,
+    connectivity ``evaluation.connectivity``) and, with ``inference.lung_mask``, `lung_filter`.
+
+    The options are not checked again here: they enter checked, through the config loader
+    (``inference.threshold``, ``inference.min_size_mm3``) or the option checks of
+    `pipelines.infer.predict` and `pipelines.infer.predict_volume`.
+
+    Args:
+        probs_net: float32 ``(I, J, K)`` probabilities in network space (`predict_probabilities`).
+        geometry: The `segmentation.alignment.Geometry` from the scan to network space.
+        config: The run config (``inference`` and ``evaluation.connectivity``).
+        image_net: The preprocessed image ``(I, J, K)``; needed only with ``inference.lung_mask``.
+        threshold: None: ``inference.threshold``.
+        min_size_mm3: None: ``inference.min_size_mm3``.
+
+    Returns:
+        ``(probs, mask)`` of shape ``geometry.source_shape``: float32 probabilities in [0, 1]
+        and the bool mask.
+
+    Raises:
+        ValueError: ``inference.lung_mask`` is on and ``image_net`` is None.
+    """
+    inference = config.inference
+    if inference.lung_mask and image_net is None:
+        raise ValueError("Expected image_net with inference.lung_mask on. Received: image_net=None")
+    probs = np.ascontiguousarray(geometry.inverse(probs_net, order=1, fill=0.0), dtype=np.float32)
+    del probs_net
+    if not probs.flags.writeable:
+        probs = probs.copy()
+    np.clip(probs, 0.0, 1.0, out=probs)
+    mask = _threshold_and_size(
+        probs,
+        threshold=inference.threshold if threshold is None else threshold,
+        spacing_mm=spacing_from_affine(geometry.source_affine),
+        min_size_mm3=inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3,
+        connectivity=config.evaluation.connectivity,
+    )
+    if inference.lung_mask:
+        mask = lung_filter(mask, image_net=image_net, geometry=geometry, config=config)
+    return probs, mask

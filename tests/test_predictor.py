@@ -21,6 +21,7 @@ from pipelines.predictor import (
     inference_window,
     lung_filter,
     make_predict_fn,
+    postprocess,
     predict_probabilities,
     probabilities_to_mask,
     skip_air_window_fn,
@@ -283,3 +284,64 @@ def test_lung_filter_drops_components_outside_the_lungs_in_the_scans_own_grid():
     np.testing.assert_array_equal(kept, to_source(parts["nodule_all"] | parts["vessel"]))
     off = lung_filter(mask, image_net=image_net, geometry=geometry, config=_config())
     assert off is mask
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+def _anisotropic_geometry():
+    """Source (4, 6, 3) at (1, 1, 2) mm, first two axes flipped; network space (4, 6, 6) at 1 mm."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    from segmentation.alignment import Geometry, Reorient, Resample
+
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    ornt = ornt_transform(io_orientation(affine), axcodes2ornt("RAS"))
+    return Geometry((4, 6, 3), affine, steps=(Reorient(ornt, in_shape=(4, 6, 3)),
+                                              Resample((4, 6, 3), (4, 6, 6))))
+
+
+def test_postprocess_brings_probabilities_back_before_thresholding():
+    geometry = _anisotropic_geometry()
+    probs_net = np.zeros(geometry.shape, np.float32)
+    probs_net[1, 2, 2:4] = 1.2  # out of [0, 1]: clipped; k = 2, 3 in network space = source k 1
+    probs, mask = postprocess(probs_net, geometry=geometry, config=_config())
+    expected = np.clip(geometry.inverse(probs_net, order=1), 0.0, 1.0)
+    assert probs.shape == mask.shape == (4, 6, 3) and probs.dtype == np.float32 and mask.dtype == bool
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert probs.max() == 1.0 and mask.any()
+    np.testing.assert_array_equal(mask, expected >= 0.5)
+
+
+def test_postprocess_threshold_and_minimum_size_in_the_scans_own_spacing():
+    geometry = _flipped_geometry((6, 6, 6))  # 1 mm voxels
+    probs_net = np.zeros((6, 6, 6), np.float32)
+    probs_net[0, 0, 0] = 0.6  # 1 mm3
+    probs_net[3:5, 3:5, 3:5] = 0.45  # 8 mm3, below the config's threshold
+    config = _config(min_size_mm3=2.0)
+    assert not postprocess(probs_net, geometry=geometry, config=config)[1].any()
+    _, mask = postprocess(probs_net, geometry=geometry, config=config, threshold=0.4)
+    assert mask.sum() == 8
+    _, mask = postprocess(probs_net, geometry=geometry, config=config, threshold=0.4, min_size_mm3=0.0)
+    assert mask.sum() == 9
+
+
+def test_postprocess_with_the_lung_filter_needs_the_image():
+    geometry = _flipped_geometry((4, 4, 4))
+    with pytest.raises(ValueError, match="image_net"):
+        postprocess(np.zeros((4, 4, 4), np.float32), geometry=geometry, config=_config(lung_mask=True))
+
+
+def test_postprocess_applies_the_lung_filter_as_lung_filter_does():
+    from test_lungmask import chest
+
+    image_hu, parts = chest()
+    geometry = _flipped_geometry(image_hu.shape)
+    image_net = (np.clip(image_hu, -1000.0, 400.0) + 1000.0) / 1400.0
+    probs_net = (parts["wall"] | parts["nodule_all"]).astype(np.float32)
+    config = _config(lung_mask=True)
+    _, mask = postprocess(probs_net, geometry=geometry, config=config, image_net=image_net)
+    _, unfiltered = postprocess(probs_net, geometry=geometry, config=_config())
+    np.testing.assert_array_equal(
+        mask, lung_filter(unfiltered, image_net=image_net, geometry=geometry, config=config))
+    assert unfiltered.sum() > mask.sum() > 0

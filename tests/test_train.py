@@ -1,4 +1,4 @@
-"""Tests of pipelines/train.py: the run folder, exact resume, MirroredStrategy, bad input.
+"""Tests of the trainer (pipelines/training/): run folder, exact resume, MirroredStrategy, bad input.
 
 Tiny everything: U-Net filters (4, 8), 16^3 patches, a few steps per epoch, and hand-built
 MSD datasets of 24-32 voxel scans (the phantom for the end-to-end test).
@@ -28,11 +28,11 @@ from pipelines.train import (
     CheckpointError,
     TrainingError,
     WarmupDecaySchedule,
-    _outline_image,
     metric_sort_key,
     prepare_data,
     train,
 )
+from pipelines.training import data as training_data
 from segmentation.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,20 +141,6 @@ def test_metric_sort_key_lexicographic_with_nan_worst_and_lower_better():
 def test_metric_sort_key_unknown_metric_is_an_error():
     with pytest.raises(ValueError, match="train.best_metric"):
         metric_sort_key({"dice_mean": 0.5}, ("dice",))
-
-
-def test_outline_image_is_radiological_with_green_truth_and_red_prediction():
-    image = np.zeros((4, 3), np.float32)
-    image[0, 0] = 1.0
-    truth = np.zeros((4, 3), bool)
-    truth[0, 0] = True  # patient's right-most, posterior-most voxel
-    pred = np.zeros((4, 3), bool)
-    pred[3, 2] = True  # left-most, anterior-most
-    rgb = _outline_image(image, truth, pred)
-    assert rgb.shape == (3, 4, 3)  # rows = J (anterior at top), columns = I (right on the left)
-    np.testing.assert_array_equal(rgb[2, 3], [0, 1, 0])  # bottom-right: truth, green
-    np.testing.assert_array_equal(rgb[0, 0], [1, 0, 0])  # top-left: prediction, red
-    np.testing.assert_array_equal(rgb[1, 1], [0, 0, 0])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -571,6 +557,6 @@ def test_dataset_without_nodule_table_validates_without_attributes(tiny_data, tm
 
 def test_unreadable_dataset_nodule_table_is_left_out_with_a_warning(tmp_path, caplog):
     (tmp_path / "nodules.json").write_text('{"nodules": [{"case_id": "a", "centre_mm": [1]}]}')
-    with caplog.at_level("WARNING", logger="pipelines.train"):
-        assert train_mod._dataset_nodule_table(tmp_path) is None
+    with caplog.at_level("WARNING", logger="pipelines.training.data"):
+        assert training_data._dataset_nodule_table(tmp_path) is None
     assert "nodules.json" in caplog.text and "centre_mm" in caplog.text

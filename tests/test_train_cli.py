@@ -38,7 +38,9 @@ RUN_SET = [*TINY, "train.deterministic=true", "train.tensorboard_images=false",
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # as a user's shell: lungseg chooses itself
+    # as a user's shell: lungseg chooses itself (test_train, imported above, sets the log level)
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
