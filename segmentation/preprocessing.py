@@ -43,6 +43,7 @@ from segmentation.alignment import (
     separate_slice_axis,
     target_shape,
 )
+from segmentation.lesions import find_components, lesion_table
 
 __all__ = [
     "CacheError",
@@ -62,7 +63,6 @@ __all__ = [
 ]
 
 _CACHE_VERSION = 1
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 class CacheError(ValueError):
@@ -596,6 +596,9 @@ class CachedCase:
 def lesion_records(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> list[dict[str, Any]]:
     """One record per 26-connected component of ``mask`` (ordered by first voxel, C order).
 
+    The rows of the lesion table (`segmentation.lesions.lesion_table`) as the cache record
+    stores them, and the training sampler reads them.
+
     Args:
         mask: ndarray (I, J, K); > 0 is foreground.
         spacing_mm: Spacing in mm.
@@ -605,25 +608,17 @@ def lesion_records(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> list[dic
         pairs), ``centroid_vox`` (3 floats), ``volume_mm3``. Empty for an empty mask.
     """
     spacing = _check_spacing(spacing_mm, name="spacing_mm")
-    labels, count = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY_26)
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, index)
-    centroids = ndimage.center_of_mass(labels > 0, labels, index)
-    voxel_mm3 = float(np.prod(spacing))
-    records = []
-    for label, (box, size, centroid) in enumerate(zip(ndimage.find_objects(labels), sizes, centroids), start=1):
-        records.append(
-            {
-                "label": label,
-                "voxel_count": int(size),
-                "bbox": [[int(s.start), int(s.stop)] for s in box],
-                "centroid_vox": [float(c) for c in centroid],
-                "volume_mm3": float(size) * voxel_mm3,
-            }
-        )
-    return records
+    table = lesion_table(find_components(mask, connectivity=26), spacing_mm=spacing)
+    return [
+        {
+            "label": lesion.label,
+            "voxel_count": lesion.voxel_count,
+            "bbox": [[s.start, s.stop] for s in lesion.bbox],
+            "centroid_vox": list(lesion.centroid_vox),
+            "volume_mm3": lesion.volume_mm3,
+        }
+        for lesion in table
+    ]
 
 
 def _check_case_id(case_id: Any) -> str:
