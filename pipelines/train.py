@@ -221,18 +221,18 @@ def _spec_hash(config: Config, data_digest: str) -> str:
 
 
 def _air_pad_value(config: Config) -> float:
-    from pipelines.predictor import air_level
+    from segmentation.preprocessing import air_level
 
-    return air_level(config)
+    return air_level(config.preprocess)
 
 
 def _background_threshold(config: Config) -> float | None:
     """``train.background``: None for ``uniform``, the body level for ``body``."""
     if config.train.background == "uniform":
         return None
-    from pipelines.predictor import body_level
+    from segmentation.preprocessing import body_level
 
-    return body_level(config)
+    return body_level(config.preprocess)
 
 
 def _discover(config: Config, data_dir: Path) -> tuple[list, list]:
