@@ -262,10 +262,12 @@ def lesion_table(components: Components, *, spacing_mm: Sequence[float], affine:
         return []
     offset = np.asarray(components.offset)
     values = None if intensity is None else components.crop(np.asarray(intensity))
-    regions = regionprops(components.labels, offset=offset)
+    regions = regionprops(components.labels)  # no `offset=`: scikit-image 0.22 may lack it
     if not regions:
         return []
-    centres = np.array([region.centroid for region in regions], dtype=np.float64).reshape(-1, 3)
+    # the mean full-array index: integer sums are exact, so any summation order agrees
+    centres = np.array([(region.coords + offset).mean(axis=0) for region in regions],
+                       dtype=np.float64).reshape(-1, 3)
     world = centres @ matrix[:3, :3].T + matrix[:3, 3]
     voxel_mm3 = float(np.prod(spacing))
     table = []
