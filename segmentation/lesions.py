@@ -113,12 +113,11 @@ def connectivity_structure(connectivity: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- components
-def bounding_box(mask: np.ndarray, *, margin: int = 0) -> BBox | None:
-    """Bounding box of the True (non-zero) voxels, grown by ``margin`` and clipped.
+def bounding_box(mask: np.ndarray) -> BBox | None:
+    """Bounding box of the True (non-zero) voxels.
 
     Args:
         mask: ndarray (I, J, K).
-        margin: voxels added on each side (clipped to the array).
 
     Returns:
         3 slices ``[start, stop)``, or None when the mask is empty.
@@ -132,11 +131,7 @@ def bounding_box(mask: np.ndarray, *, margin: int = 0) -> BBox | None:
     deps = sub.any(axis=(0, 1))
     j0, j1 = np.flatnonzero(cols)[[0, -1]]
     k0, k1 = np.flatnonzero(deps)[[0, -1]]
-    starts, stops = (i0, j0, k0), (i1 + 1, j1 + 1, k1 + 1)
-    return tuple(
-        slice(max(int(a) - margin, 0), min(int(b) + margin, n))
-        for a, b, n in zip(starts, stops, mask.shape)
-    )
+    return slice(int(i0), int(i1) + 1), slice(int(j0), int(j1) + 1), slice(int(k0), int(k1) + 1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
