@@ -33,14 +33,14 @@ import numpy as np
 import scipy.ndimage as ndi
 import tensorflow as tf
 
-from segmentation.config import Config
 from segmentation import preprocessing
+from segmentation.config import Config
 from segmentation.lungmask import LUNG_AIR_HU, drop_components_outside, lung_region
 from segmentation.preprocessing import AIR_HU, normalised_level
 from segmentation.sliding_window import sliding_window_inference
 
 __all__ = [
-    "AIR_HU",
+    "AIR_HU",  # re-exported from segmentation.preprocessing, the owner of the HU levels
     "make_predict_fn",
     "context_stack",
     "air_level",
