@@ -186,9 +186,9 @@ def find_components(mask: Any, *, connectivity: int = 26) -> Components:
     if array.ndim != 3:
         raise ValueError(
             f"Expected mask to be a 3D array (I, J, K). Received: mask.shape={array.shape}")
-    if array.dtype != bool:
+    if array.dtype.kind not in "bu":  # signed or float: only values > 0 are foreground
         array = array > 0
-    box = bounding_box(array)
+    box = bounding_box(array)  # bool and unsigned: non-zero is foreground, no full-size copy
     if box is None:
         return Components(np.zeros((0, 0, 0), np.int32), None, 0, array.shape)
     labels, count = ndimage.label(array[box], structure=structure)

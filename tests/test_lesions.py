@@ -123,12 +123,22 @@ def test_labelling_in_the_box_equals_labelling_the_full_mask():
         assert [t.bbox for t in table] == ndimage.find_objects(full)
 
 
-def test_numeric_mask_foreground_is_above_zero():
-    mask = np.zeros((3, 3, 3), np.int16)
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_numeric_mask_foreground_is_above_zero(dtype):
+    mask = np.zeros((3, 3, 3), dtype)
     mask[0, 0, 0] = 2
     mask[2, 2, 2] = -1  # not foreground
     (lesion,) = _table(mask, spacing_mm=(1, 1, 1))
     assert lesion.centroid_vox == (0.0, 0.0, 0.0)
+    assert find_components(mask).box == (slice(0, 1),) * 3
+
+
+def test_unsigned_mask_foreground_is_non_zero():
+    mask = np.zeros((3, 3, 3), np.uint8)
+    mask[1, 1, 1] = 255
+    mask[1, 1, 2] = 1
+    (lesion,) = _table(mask, spacing_mm=(1, 1, 1))
+    assert lesion.voxel_count == 2 and lesion.centroid_vox == (1.0, 1.0, 1.5)
 
 
 def test_absent_labels_have_no_row():
