@@ -59,9 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import scipy.ndimage as ndi
 
-from segmentation import metrics
 from segmentation.config import Config, ConfigError
 from segmentation.console import progress_bar
 from segmentation.io import (
@@ -73,6 +71,7 @@ from segmentation.io import (
     read_volume,
     write_volume,
 )
+from segmentation.lesions import Lesion, find_components, lesion_table
 from segmentation.plausibility import (
     PlausibilityError,
     ScanLimits,
@@ -321,24 +320,12 @@ def slice_axis(affine: np.ndarray) -> int:
     return int(largest[np.argmax(z_alignment)])
 
 
-def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels, or None when empty."""
-    boxes = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=others))
-        if hits.size == 0:
-            return None
-        boxes.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(boxes)
-
-
 def nodule_table(mask: np.ndarray, probs: np.ndarray, *, affine: np.ndarray,
                  connectivity: int = 26) -> list[dict[str, Any]]:
     """One row per predicted nodule (connected component), largest first.
 
-    Components, volumes, equivalent diameters and world centroids come from
-    `segmentation.metrics.label_components` / `lesion_properties` (the same definitions as
+    The rows of the lesion table (`segmentation.lesions.lesion_table`: components, volumes,
+    equivalent diameters, voxel and world centroids, probabilities; the same definitions as
     evaluation), computed in the mask's bounding box only.
 
     Args:
@@ -364,43 +351,35 @@ def nodule_table(mask: np.ndarray, probs: np.ndarray, *, affine: np.ndarray,
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"Expected a (4, 4) affine. Received: affine.shape={affine.shape}")
-    box = _mask_box(mask)
-    if box is None:
-        return []
-    labels, n = metrics.label_components(mask[box] > 0, connectivity=connectivity)
-    offset = [s.start for s in box]
+    components = find_components(mask, connectivity=connectivity)
     spacing_mm = np.linalg.norm(affine[:3, :3], axis=0)
-    props = metrics.lesion_properties(labels, n, spacing_mm=spacing_mm, affine=affine, offset=offset)
-    ids = np.arange(1, n + 1)
-    probs_box = probs[box]
-    mean_prob = ndi.mean(probs_box, labels, index=ids)
-    max_prob = ndi.maximum(probs_box, labels, index=ids)
-    extents = ndi.find_objects(labels)
+    table = lesion_table(components, spacing_mm=spacing_mm, affine=affine, intensity=probs)
     axis = slice_axis(affine)
-    to_voxel = np.linalg.inv(affine)
-    rows = []
-    for index, prop in enumerate(props):
-        world = np.asarray(prop["centroid_mm"], dtype=np.float64)
-        voxel = to_voxel[:3, :3] @ world + to_voxel[:3, 3]
-        extent = extents[index][axis]
-        rows.append({
-            "centroid_vox_i": round(float(voxel[0]), _DECIMALS),
-            "centroid_vox_j": round(float(voxel[1]), _DECIMALS),
-            "centroid_vox_k": round(float(voxel[2]), _DECIMALS),
-            "centroid_x_mm": round(float(world[0]), _DECIMALS),
-            "centroid_y_mm": round(float(world[1]), _DECIMALS),
-            "centroid_z_mm": round(float(world[2]), _DECIMALS),
-            "diameter_mm": round(prop["diameter_mm"], _DECIMALS),
-            "volume_mm3": round(prop["volume_mm3"], _DECIMALS),
-            "mean_prob": round(float(mean_prob[index]), _DECIMALS),
-            "max_prob": round(float(max_prob[index]), _DECIMALS),
-            "slice_start": int(extent.start + offset[axis]),
-            "slice_end": int(extent.stop - 1 + offset[axis]),
-            "size_category": size_category(prop["diameter_mm"]),
-            "_volume": prop["volume_mm3"],
-        })
+    rows = [_nodule_row(lesion, axis) for lesion in table]
     rows.sort(key=lambda r: (-r["_volume"], r["slice_start"]))
     return [{"id": i + 1, **{k: v for k, v in r.items() if k != "_volume"}} for i, r in enumerate(rows)]
+
+
+def _nodule_row(lesion: Lesion, axis: int) -> dict[str, Any]:
+    """A lesion-table row as a nodule row (``_volume``: the unrounded volume, for sorting)."""
+    (vox_i, vox_j, vox_k), (x_mm, y_mm, z_mm) = lesion.centroid_vox, lesion.centroid_mm
+    extent = lesion.bbox[axis]
+    return {
+        "centroid_vox_i": round(vox_i, _DECIMALS),
+        "centroid_vox_j": round(vox_j, _DECIMALS),
+        "centroid_vox_k": round(vox_k, _DECIMALS),
+        "centroid_x_mm": round(x_mm, _DECIMALS),
+        "centroid_y_mm": round(y_mm, _DECIMALS),
+        "centroid_z_mm": round(z_mm, _DECIMALS),
+        "diameter_mm": round(lesion.diameter_mm, _DECIMALS),
+        "volume_mm3": round(lesion.volume_mm3, _DECIMALS),
+        "mean_prob": round(lesion.intensity_mean, _DECIMALS),
+        "max_prob": round(lesion.intensity_max, _DECIMALS),
+        "slice_start": extent.start,
+        "slice_end": extent.stop - 1,
+        "size_category": size_category(lesion.diameter_mm),
+        "_volume": lesion.volume_mm3,
+    }
 
 
 def _nodules_csv(rows: Sequence[dict[str, Any]]) -> str:

@@ -35,13 +35,15 @@ import numpy as np
 import scipy.ndimage as ndi
 import tensorflow as tf
 
+from segmentation import preprocessing
 from segmentation.alignment import spacing_from_affine
 from segmentation.config import Config
 from segmentation.lungmask import LUNG_AIR_HU, drop_components_outside, lung_region
+from segmentation.preprocessing import AIR_HU, normalised_level
 from segmentation.sliding_window import sliding_window_inference
 
 __all__ = [
-    "AIR_HU",
+    "AIR_HU",  # re-exported from segmentation.preprocessing, the owner of the HU levels
     "make_predict_fn",
     "context_stack",
     "air_level",
@@ -55,10 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AIR_HU = -1000.0
-"""Hounsfield units of air."""
-
-_BODY_HU = -900.0  # denser than this is body (lung parenchyma is about -850 HU)
 _MIN_BODY_SHARE = 0.01  # a window with fewer body voxels lies outside the body
 
 
@@ -130,32 +128,18 @@ def context_stack(image: np.ndarray, *, context_slices: int) -> np.ndarray:
 
 
 def air_level(config: Config) -> float:
-    """The preprocessed intensity of air (-1000 HU) under the config's normalisation."""
-    return _normalise_hu(AIR_HU, config)
+    """The preprocessed intensity of air (`segmentation.preprocessing.air_level`)."""
+    return preprocessing.air_level(config.preprocess)
 
 
 def body_level(config: Config) -> float:
     """The preprocessed intensity above which a voxel is body (denser than -900 HU).
 
-    Lung parenchyma (about -850 HU) is body; the air around the patient is not. When the
-    normalisation clips above -900 HU, the floor (air) is returned: only voxels above it count.
+    `segmentation.preprocessing.body_level`: lung parenchyma (about -850 HU) is body; the air
+    around the patient is not. When the normalisation clips above -900 HU, the floor (air) is
+    returned: only voxels above it count.
     """
-    return max(_normalise_hu(_BODY_HU, config), air_level(config))
-
-
-def _normalise_hu(value_hu: float, config: Config) -> float:
-    spec = config.preprocess
-    if spec.normalisation == "hu_window":
-        low, high = spec.hu_window
-        return float(np.clip((value_hu - low) / (high - low), 0.0, 1.0))
-    stats = spec.ct_stats
-    if stats is None:
-        raise ValueError(
-            "Expected preprocess.ct_stats for ct_zscore normalisation (computed by training and "
-            "stored in the run's config.yaml). Received: preprocess.ct_stats=None"
-        )
-    clipped = min(max(value_hu, stats.lower_hu), stats.upper_hu)
-    return float((clipped - stats.mean_hu) / stats.std_hu)
+    return preprocessing.body_level(config.preprocess)
 
 
 def skip_air_window_fn(image: np.ndarray, *, config: Config) -> Callable[[tuple[slice, ...]], bool]:
@@ -279,7 +263,7 @@ def lung_filter(mask: np.ndarray, *, image_net: np.ndarray, geometry: Any,
     if image.ndim == 4:
         image = image[..., 0]
     region_net = lung_region(image, spacing_mm=geometry.spacing_mm,
-                             threshold=_normalise_hu(LUNG_AIR_HU, config))
+                             threshold=normalised_level(LUNG_AIR_HU, spec=config.preprocess))
     region = geometry.inverse(region_net.astype(np.float32), order=0, fill=0.0) > 0.5
     return drop_components_outside(mask, region, connectivity=config.evaluation.connectivity)
 

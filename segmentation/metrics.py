@@ -18,7 +18,8 @@ Empty-case policy (tested by name in ``tests/test_metrics.py``):
 Lesion rules:
 
 * Lesions and predicted components are connected components (26-connectivity by default;
-  6 and 18 selectable).
+  6 and 18 selectable), measured by the lesion table of `segmentation.lesions` (voxel count,
+  volume, equivalent diameter, world centroid, maximum probability).
 * Truth lesions and predicted components are matched one-to-one so that the total overlap
   (voxels) of the matched pairs is maximal (Hungarian algorithm), among the pairs that meet the
   criterion: ``"overlap"`` (default, any shared voxel) or ``"iou"`` (pair IoU >= threshold).
@@ -38,9 +39,22 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+
+from segmentation.lesions import (
+    CONNECTIVITIES,
+    BBox,
+    Components,
+    Lesion,
+    bounding_box,
+    check_affine,
+    check_spacing,
+    connectivity_structure,
+    equivalent_diameter_mm,
+    find_components,
+    lesion_table,
+)
 
 __all__ = [
     "CONNECTIVITIES",
@@ -71,12 +85,9 @@ __all__ = [
     "size_bin_labels",
 ]
 
-CONNECTIVITIES = (6, 18, 26)
 DEFAULT_SIZE_BINS_MM = (3.0, 6.0, 10.0, 20.0)
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 Criterion = Literal["overlap", "iou"]
-
-BBox = tuple[slice, slice, slice]
 
 
 # --------------------------------------------------------------------------- validation
@@ -153,45 +164,6 @@ def check_probabilities(probs: Any, *, shape: tuple[int, ...], name: str = "prob
     return array
 
 
-def check_spacing(spacing_mm: Any, *, ndim: int = 3) -> tuple[float, ...]:
-    """Returns ``spacing_mm`` as a tuple of positive floats.
-
-    Raises:
-        ValueError: wrong length, non-finite or non-positive values.
-    """
-    try:
-        values = tuple(float(s) for s in spacing_mm)
-    except TypeError as error:
-        raise ValueError(
-            f"Expected spacing_mm to be a sequence of {ndim} floats. "
-            f"Received: spacing_mm={spacing_mm!r}"
-        ) from error
-    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(
-            f"Expected spacing_mm to be {ndim} positive finite floats. "
-            f"Received: spacing_mm={spacing_mm!r}"
-        )
-    return values
-
-
-def _check_affine(affine: Any, spacing_mm: tuple[float, ...]) -> np.ndarray:
-    """Checks a (4, 4) voxel -> world affine whose column norms equal ``spacing_mm``."""
-    if affine is None:
-        return np.diag([*spacing_mm, 1.0])
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-        raise ValueError(
-            f"Expected affine to be a finite (4, 4) matrix. Received: affine.shape={matrix.shape}"
-        )
-    norms = np.linalg.norm(matrix[:3, :3], axis=0)
-    if not np.allclose(norms, spacing_mm, rtol=1e-3, atol=1e-5):
-        raise ValueError(
-            "Expected affine column norms to equal spacing_mm. "
-            f"Received: spacing_mm={tuple(spacing_mm)}, affine column norms={tuple(norms.round(6))}"
-        )
-    return matrix
-
-
 def _check_pair(mask_true: Any, mask_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     true = check_mask(mask_true, name="mask_true")
     pred = check_mask(mask_pred, name="mask_pred")
@@ -204,24 +176,6 @@ def _check_pair(mask_true: Any, mask_pred: Any) -> tuple[np.ndarray, np.ndarray]
 
 
 # --------------------------------------------------------------------------- bounding boxes
-def _bbox(mask: np.ndarray, *, margin: int = 0) -> BBox | None:
-    """Bounding box of the True voxels, grown by ``margin`` and clipped; None when empty."""
-    rows = mask.reshape(mask.shape[0], -1).any(axis=1)
-    if not rows.any():
-        return None
-    i0, i1 = np.flatnonzero(rows)[[0, -1]]
-    sub = mask[i0:i1 + 1]
-    cols = sub.any(axis=(0, 2))
-    deps = sub.any(axis=(0, 1))
-    j0, j1 = np.flatnonzero(cols)[[0, -1]]
-    k0, k1 = np.flatnonzero(deps)[[0, -1]]
-    starts, stops = (i0, j0, k0), (i1 + 1, j1 + 1, k1 + 1)
-    return tuple(
-        slice(max(int(a) - margin, 0), min(int(b) + margin, n))
-        for a, b, n in zip(starts, stops, mask.shape)
-    )
-
-
 def _intersect(a: BBox | None, b: BBox | None) -> BBox | None:
     if a is None or b is None:
         return None
@@ -246,7 +200,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 def _counts(true: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
     """(|T|, |P|, |T and P|) counted on bounding boxes only."""
-    box_t, box_p = _bbox(true), _bbox(pred)
+    box_t, box_p = bounding_box(true), bounding_box(pred)
     n_true = int(np.count_nonzero(true[box_t])) if box_t else 0
     n_pred = int(np.count_nonzero(pred[box_p])) if box_p else 0
     box = _intersect(box_t, box_p)
@@ -324,7 +278,7 @@ def _surface_points_mm(mask: np.ndarray, spacing_mm: tuple[float, ...]) -> np.nd
     A surface voxel is a mask voxel with at least one of its 6 face neighbours outside the mask
     (voxels on the array border count as surface). Returns ndarray (N, 3) float64.
     """
-    box = _bbox(mask)
+    box = bounding_box(mask)
     if box is None:
         return np.zeros((0, 3))
     crop = np.pad(mask[box], 1)
@@ -415,15 +369,8 @@ def surface_dice(mask_true: Any, mask_pred: Any, *, spacing_mm: Sequence[float],
 
 
 # --------------------------------------------------------------------------- lesion level
-def _structure(connectivity: int) -> np.ndarray:
-    if isinstance(connectivity, bool) or connectivity not in CONNECTIVITIES:
-        raise ValueError(
-            f"Expected connectivity in {CONNECTIVITIES}. Received: connectivity={connectivity!r}")
-    return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-
-
 def label_components(mask: Any, *, connectivity: int = 26) -> tuple[np.ndarray, int]:
-    """Labels connected components.
+    """Labels connected components (`segmentation.lesions.find_components`) at full size.
 
     Args:
         mask: bool ndarray (I, J, K).
@@ -433,30 +380,15 @@ def label_components(mask: Any, *, connectivity: int = 26) -> tuple[np.ndarray, 
         ``(labels, n)``: int32 ndarray (I, J, K) with 0 background and 1..n components, and n.
     """
     array = check_mask(mask, name="mask")
-    labels, n = _label(array, _structure(connectivity))
-    full = np.zeros(array.shape, dtype=np.int32)
-    if labels is not None:
-        full[labels[1]] = labels[0]
-    return full, n
-
-
-def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[tuple[np.ndarray, BBox] | None, int]:
-    """Labels within the mask's bounding box: ((labels_crop, box) or None, n)."""
-    box = _bbox(mask)
-    if box is None:
-        return None, 0
-    labels, n = ndimage.label(mask[box], structure=structure)
-    return (labels.astype(np.int32, copy=False), box), int(n)
-
-
-def equivalent_diameter_mm(volume: float) -> float:
-    """Diameter of the sphere of the same volume: ``(6 V / pi) ** (1/3)`` (mm, V in mm3)."""
-    return float((6.0 * volume / math.pi) ** (1.0 / 3.0))
+    components = find_components(array, connectivity=connectivity)
+    return components.full(), components.count
 
 
 def lesion_properties(labels: np.ndarray, n: int, *, spacing_mm: Sequence[float],
                       affine: Any = None, offset: Sequence[int] = (0, 0, 0)) -> list[dict]:
     """Volume, equivalent diameter and world centroid of labelled components.
+
+    The rows of `segmentation.lesions.lesion_table`, as the dicts of ``CaseResult.lesions``.
 
     Args:
         labels: int ndarray (I, J, K) from :func:`label_components` (or a crop of it).
@@ -470,33 +402,24 @@ def lesion_properties(labels: np.ndarray, n: int, *, spacing_mm: Sequence[float]
         list of n dicts ``{"id", "volume_mm3", "diameter_mm", "centroid_mm", "n_voxels"}``,
         ``id`` from 1, ``centroid_mm`` a list of 3 world coordinates.
     """
-    spacing = check_spacing(spacing_mm)
-    matrix = _check_affine(affine, spacing)
-    return _properties(labels, n, spacing, matrix, np.asarray(offset, dtype=np.float64))
+    labels = np.asarray(labels)
+    start = [int(o) for o in offset]
+    box = tuple(slice(o, o + size) for o, size in zip(start, labels.shape))
+    components = Components(labels, box if n else None, int(n),
+                            tuple(o + size for o, size in zip(start, labels.shape)))
+    return [_properties(lesion) for lesion in
+            lesion_table(components, spacing_mm=spacing_mm, affine=affine)]
 
 
-def _properties(labels: np.ndarray, n: int, spacing: tuple[float, ...], matrix: np.ndarray,
-                offset: np.ndarray) -> list[dict]:
-    if n == 0:
-        return []
-    coords = np.nonzero(labels)
-    ids = labels[coords].astype(np.int64) - 1
-    counts = np.bincount(ids, minlength=n)
-    centres = np.stack([np.bincount(ids, weights=c.astype(np.float64), minlength=n)
-                        for c in coords], axis=1) / counts[:, None] + offset
-    world = centres @ matrix[:3, :3].T + matrix[:3, 3]
-    voxel_mm3 = float(np.prod(spacing))
-    out = []
-    for i in range(n):
-        volume = float(counts[i]) * voxel_mm3
-        out.append({
-            "id": i + 1,
-            "n_voxels": int(counts[i]),
-            "volume_mm3": volume,
-            "diameter_mm": equivalent_diameter_mm(volume),
-            "centroid_mm": [float(c) for c in world[i]],
-        })
-    return out
+def _properties(lesion: Lesion) -> dict:
+    """A lesion-table row as the dict of ``CaseResult.lesions`` / ``components``."""
+    return {
+        "id": lesion.label,
+        "n_voxels": lesion.voxel_count,
+        "volume_mm3": lesion.volume_mm3,
+        "diameter_mm": lesion.diameter_mm,
+        "centroid_mm": list(lesion.centroid_mm),
+    }
 
 
 def overlap_matrix(labels_true: np.ndarray, n_true: int, labels_pred: np.ndarray,
@@ -525,7 +448,7 @@ def _criterion_ok(overlap: np.ndarray, size_true: np.ndarray, size_pred: np.ndar
 def check_options(*, connectivity: int = 26, criterion: str = "overlap",
                   iou_threshold: float = 0.1, tolerance_mm: float = 1.0) -> None:
     """Validates the options of :func:`evaluate_case` (raises ValueError naming the option)."""
-    _structure(connectivity)
+    connectivity_structure(connectivity)
     _check_criterion(criterion, iou_threshold)
     if isinstance(tolerance_mm, bool) or not (
             isinstance(tolerance_mm, (int, float)) and math.isfinite(tolerance_mm)
@@ -643,19 +566,6 @@ def _f1(p: float, r: float) -> float:
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
-def _component_maxima(values: np.ndarray | None, labels: tuple[np.ndarray, BBox] | None,
-                      n: int) -> list[float | None]:
-    """Maximum of ``values`` over each labelled component (None without values)."""
-    if values is None or labels is None or n == 0:
-        return [None] * n
-    crop, box = labels
-    coords = np.nonzero(crop)
-    ids = crop[coords].astype(np.int64) - 1
-    maxima = np.full(n, -np.inf)
-    np.maximum.at(maxima, ids, values[box][coords].astype(np.float64))
-    return [float(m) for m in maxima]
-
-
 def evaluate_case(mask_true: Any, mask_pred: Any, *, spacing_mm: Sequence[float],
                   affine: Any = None, probs: Any = None, case_id: str = "",
                   connectivity: int = 26, criterion: Criterion = "overlap",
@@ -689,8 +599,7 @@ def evaluate_case(mask_true: Any, mask_pred: Any, *, spacing_mm: Sequence[float]
                   tolerance_mm=tolerance_mm)
     true, pred = _check_pair(mask_true, mask_pred)
     spacing = check_spacing(spacing_mm)
-    matrix = _check_affine(affine, spacing)
-    structure = _structure(connectivity)
+    matrix = check_affine(affine, spacing_mm=spacing)
     values = None if probs is None else check_probabilities(probs, shape=true.shape)
 
     n_true_vox, n_pred_vox, n_both = _counts(true, pred)
@@ -705,24 +614,26 @@ def evaluate_case(mask_true: Any, mask_pred: Any, *, spacing_mm: Sequence[float]
         **_volume_stats(n_true_vox, n_pred_vox, float(np.prod(spacing))),
     }
 
-    lab_t, n_t = _label(true, structure)
-    lab_p, n_p = _label(pred, structure)
-    les_t = [] if lab_t is None else _properties(
-        lab_t[0], n_t, spacing, matrix, np.array([s.start for s in lab_t[1]], dtype=float))
-    les_p = [] if lab_p is None else _properties(
-        lab_p[0], n_p, spacing, matrix, np.array([s.start for s in lab_p[1]], dtype=float))
+    found_t = find_components(true, connectivity=connectivity)
+    found_p = find_components(pred, connectivity=connectivity)
+    table_t = lesion_table(found_t, spacing_mm=spacing, affine=matrix, intensity=values)
+    table_p = lesion_table(found_p, spacing_mm=spacing, affine=matrix, intensity=values)
+    les_t = [_properties(lesion) for lesion in table_t]
+    les_p = [_properties(lesion) for lesion in table_p]
+    n_t, n_p = found_t.count, found_p.count
 
     overlap = np.zeros((n_t, n_p), dtype=np.int64)
-    box = _intersect(lab_t[1] if lab_t else None, lab_p[1] if lab_p else None)
+    box = _intersect(found_t.box, found_p.box)
     if box is not None:
-        overlap = overlap_matrix(lab_t[0][_relative(box, lab_t[1])], n_t,
-                                 lab_p[0][_relative(box, lab_p[1])], n_p)
+        overlap = overlap_matrix(found_t.labels[_relative(box, found_t.box)], n_t,
+                                 found_p.labels[_relative(box, found_p.box)], n_p)
     match = match_lesions(overlap, [d["n_voxels"] for d in les_t],
                           [d["n_voxels"] for d in les_p], criterion=criterion,
                           iou_threshold=iou_threshold)
 
-    scores = _component_maxima(values, lab_p, n_p)
-    in_lesion = _component_maxima(values, lab_t, n_t)
+    # the maximum probability of each component (None without probabilities)
+    scores = [lesion.intensity_max for lesion in table_p]
+    in_lesion = [lesion.intensity_max for lesion in table_t]
     by_truth = {r: (c, i, d) for (r, c), i, d in zip(match["pairs"], match["iou"], match["dice"])}
     by_pred = {c: r for r, c in match["pairs"]}
     lesions = []

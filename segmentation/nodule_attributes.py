@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from segmentation.lesions import find_components
+from segmentation.metrics import check_mask
 
 __all__ = [
     "FRAMES",
@@ -502,24 +504,14 @@ def join_mask(rows: Sequence[NoduleRow], *, mask_true: Any, lesions: Sequence[Ma
         affine: the (4, 4) voxel -> world matrix given to ``evaluate_case``.
         connectivity: the connectivity given to ``evaluate_case``.
 
-    Labelling runs on the mask's bounding box (component numbering is raster order, the same
-    in any box that holds every voxel), so a full-size label array is never allocated.
+    Labelling runs on the mask's bounding box (`segmentation.lesions.find_components`), so a
+    full-size label array is never allocated.
     """
-    from segmentation.metrics import check_mask, check_options
-
-    check_options(connectivity=connectivity)
     mask = check_mask(mask_true, name="mask_true")
     matrix = _check_affine(affine)
-    nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-               for axis in range(3)]
-    if any(index.size == 0 for index in nonzero):
-        return join_case(rows, labels=np.zeros((0, 0, 0), np.int32), lesions=lesions,
-                         affine=matrix, scan_shape=mask.shape)
-    box = tuple(slice(index[0], index[-1] + 1) for index in nonzero)
-    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-    labels, _ = ndimage.label(mask[box], structure=structure)
-    return join_case(rows, labels=labels, lesions=lesions, affine=matrix,
-                     offset=[index[0] for index in nonzero], scan_shape=mask.shape)
+    found = find_components(mask, connectivity=connectivity)
+    return join_case(rows, labels=found.labels, lesions=lesions, affine=matrix,
+                     offset=found.offset, scan_shape=mask.shape)
 
 
 # --------------------------------------------------------------------------- recall

@@ -15,7 +15,8 @@ without the closing that takes back juxtapleural indents) is computed once and c
 the preprocessed case (``{case}_lung_v1.npy``; read as a memmap, only inside each patch), and
 the lesion bank is cut. HU levels (the subsolid
 threshold, the jitter and the nodules' contrast) are converted through the preprocessing
-normalisation (`PreprocessSpec.normalise`), never hard-coded in normalised units.
+normalisation (`segmentation.preprocessing.normalised_level`), never hard-coded in normalised
+units.
 
 Bad input, warned about and skipped (training goes on): cases without a lung region (no
 lung-sized air component: `lung_region` returns the whole volume) get no insertion; a
@@ -34,6 +35,7 @@ import numpy as np
 
 from segmentation.lesion_paste import BankLesion, LesionPasteSpec, build_lesion_bank, paste_lesions
 from segmentation.lungmask import LUNG_AIR_HU, lung_region
+from segmentation.preprocessing import PARENCHYMA_BELOW_HU, normalised_level
 from segmentation.sampling import _names, _read_box
 from segmentation.synthetic_nodules import SyntheticNoduleSpec, insert_nodules
 
@@ -44,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 _PASTE_STREAM = 0x50415354  # "PAST": separates the paste's generator from the sampler's
 _SYNTHETIC_STREAM = 0x53594E54  # "SYNT"
-_PARENCHYMA_BELOW_HU = -500.0
 _LUNG_CACHE_SUFFIX = "_lung_v1.npy"
 # No closing: inserts need the parenchyma, not the juxtapleural indents the closing takes back
 # (the region shrinks by about 1 %, and costs 0.5 s instead of 3 s per 192 x 192 x 120 case).
@@ -53,6 +54,9 @@ _LUNG_CLOSING_MM = 0.0
 
 class IntensityLevels:
     """HU levels in the preprocessed (normalised) units of one `PreprocessSpec`.
+
+    Each level is the value that a voxel of that HU holds in the normalised float32 image
+    (`segmentation.preprocessing.normalised_level` with ``dtype=np.float32``).
 
     Attributes:
         lung_air: The lung-region threshold (-400 HU).
@@ -63,10 +67,12 @@ class IntensityLevels:
         value_range: Normalised -1024 and 3071 HU: the values the normalisation can produce.
     """
 
-    def __init__(self, normalise: Any, *, subsolid_below_hu: float) -> None:
-        level = lambda hu: float(np.asarray(normalise(np.asarray([hu], np.float32)))[0])  # noqa: E731
+    def __init__(self, preprocess: Any, *, subsolid_below_hu: float) -> None:
+        def level(value_hu: float) -> float:
+            return normalised_level(value_hu, spec=preprocess, dtype=np.float32)
+
         self.lung_air = level(LUNG_AIR_HU)
-        self.parenchyma = level(_PARENCHYMA_BELOW_HU)
+        self.parenchyma = level(PARENCHYMA_BELOW_HU)
         self.subsolid = level(subsolid_below_hu)
         self.units_per_hu = (level(50.0) - level(-850.0)) / 900.0
         self.value_range = (level(-1024.0), level(3071.0))  # what the normalisation can produce
@@ -77,8 +83,8 @@ class IntensityLevels:
 
 
 def intensity_levels(preprocess: Any, *, subsolid_below_hu: float = -300.0) -> IntensityLevels:
-    """`IntensityLevels` of a `segmentation.preprocessing.PreprocessSpec` (its ``normalise``)."""
-    return IntensityLevels(preprocess.normalise, subsolid_below_hu=subsolid_below_hu)
+    """`IntensityLevels` of a `segmentation.preprocessing.PreprocessSpec`."""
+    return IntensityLevels(preprocess, subsolid_below_hu=subsolid_below_hu)
 
 
 def _lung_path(cache_dir: Path, case_id: str) -> Path:

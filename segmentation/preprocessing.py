@@ -14,6 +14,11 @@ Normalisations:
   (:class:`CTStats`) are computed once by :func:`compute_ct_stats` and stored with the run
   (in the spec, which is written into every cache record).
 
+This module owns the normalisation: every other module asks :func:`normalised_level` (or
+:func:`air_level`, :func:`body_level`) for the normalised value of a HU level, never scales HU
+itself. The HU levels are named once, below (`AIR_HU`, `BODY_ABOVE_HU`, `SOFT_TISSUE_ABOVE_HU`,
+`PARENCHYMA_BELOW_HU`; the lung region's -400 HU is `segmentation.lungmask.LUNG_AIR_HU`).
+
 Cache layout in ``cache_dir``: ``{case}_image.npy`` (float32), ``{case}_mask.npy`` (uint8,
 when there is a mask) and ``{case}.json`` (geometry, spacing, shape, spec, foreground voxel
 count and one entry per 26-connected lesion). The JSON is written last and is the record of
@@ -43,8 +48,13 @@ from segmentation.alignment import (
     separate_slice_axis,
     target_shape,
 )
+from segmentation.lesions import find_components, lesion_table
 
 __all__ = [
+    "AIR_HU",
+    "BODY_ABOVE_HU",
+    "SOFT_TISSUE_ABOVE_HU",
+    "PARENCHYMA_BELOW_HU",
     "CacheError",
     "CTStats",
     "PreprocessSpec",
@@ -52,6 +62,9 @@ __all__ = [
     "CachedCase",
     "hu_window",
     "ct_zscore",
+    "normalised_level",
+    "air_level",
+    "body_level",
     "compute_ct_stats",
     "resample_image",
     "resample_mask",
@@ -62,7 +75,6 @@ __all__ = [
 ]
 
 _CACHE_VERSION = 1
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 class CacheError(ValueError):
@@ -102,6 +114,28 @@ def _check_spacing(value: Any, *, name: str) -> tuple[float, float, float]:
     if not all(math.isfinite(v) and v > 0 for v in floats):
         raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}")
     return floats  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# HU levels: each a separate fact, named once (ask normalised_level for its normalised value)
+# --------------------------------------------------------------------------------------------
+
+AIR_HU = -1000.0
+"""Air. Patches, windows and padding take its normalised value (`air_level`)."""
+
+BODY_ABOVE_HU = -900.0
+"""A voxel denser than this is inside the body: lung parenchyma (about -850 HU) is, the air
+around the patient (-1000 HU, with 10 to 40 HU of noise) is not. Inference skips windows with
+fewer than 1 % such voxels and ``train.background: body`` draws background patches among them
+(`body_level`)."""
+
+SOFT_TISSUE_ABOVE_HU = -500.0
+"""Soft tissue (about -100 HU and above) is denser than this, air and lung are not: the outline
+of the body that ``crop_to_body`` crops to (the default `PreprocessSpec.body_threshold_hu`)."""
+
+PARENCHYMA_BELOW_HU = -500.0
+"""Lung voxels below this are parenchyma, not vessels or nodules: the background whose level
+and noise synthetic nodules copy (`segmentation.nodule_insertion`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,48 +195,51 @@ def _image_array(image: Any, *, name: str) -> np.ndarray:
     return array
 
 
-def hu_window(image_hu: np.ndarray, *, window: Sequence[float] = (-1000.0, 400.0)) -> np.ndarray:
+def hu_window(image_hu: np.ndarray, *, window: Sequence[float] = (-1000.0, 400.0),
+              dtype: Any = np.float32) -> np.ndarray:
     """Clips to a Hounsfield window and scales it to [0, 1].
 
     Args:
         image_hu: ndarray of any shape, in HU (int or float).
         window: ``(low_hu, high_hu)`` with ``low_hu < high_hu``; ``low_hu`` maps to 0 and
             ``high_hu`` to 1.
+        dtype: float32 (images) or float64 (`normalised_level`).
 
     Returns:
-        float32 ndarray of the same shape with values in [0, 1].
+        ndarray of ``dtype`` and the same shape with values in [0, 1].
 
     Raises:
         ValueError: For ``low_hu >= high_hu`` or non-finite values.
         TypeError: For a non-numeric image.
     """
     low, high = _check_window(window)
-    array = _image_array(image_hu, name="image_hu").astype(np.float32)
+    array = _image_array(image_hu, name="image_hu").astype(dtype)
     np.clip(array, low, high, out=array)
-    array -= np.float32(low)
-    array /= np.float32(high - low)
+    array -= array.dtype.type(low)
+    array /= array.dtype.type(high - low)
     return np.clip(array, 0.0, 1.0, out=array)
 
 
-def ct_zscore(image_hu: np.ndarray, *, stats: CTStats) -> np.ndarray:
+def ct_zscore(image_hu: np.ndarray, *, stats: CTStats, dtype: Any = np.float32) -> np.ndarray:
     """nnU-Net CT normalisation: clip to the stats' percentiles, then z-score.
 
     Args:
         image_hu: ndarray of any shape, in HU.
         stats: The training-set statistics from :func:`compute_ct_stats`.
+        dtype: float32 (images) or float64 (`normalised_level`).
 
     Returns:
-        float32 ndarray of the same shape.
+        ndarray of ``dtype`` and the same shape.
 
     Raises:
         TypeError: If ``stats`` is not a CTStats.
     """
     if not isinstance(stats, CTStats):
         raise TypeError(f"Expected stats to be a CTStats. Received: stats={stats!r}")
-    array = _image_array(image_hu, name="image_hu").astype(np.float32)
+    array = _image_array(image_hu, name="image_hu").astype(dtype)
     np.clip(array, stats.lower_hu, stats.upper_hu, out=array)
-    array -= np.float32(stats.mean_hu)
-    array /= np.float32(stats.std_hu)
+    array -= array.dtype.type(stats.mean_hu)
+    array /= array.dtype.type(stats.std_hu)
     return array
 
 
@@ -295,7 +332,7 @@ class PreprocessSpec:
     anisotropy_ratio: float = 3.0
     ct_stats: CTStats | None = None
     crop_to_body: bool = False
-    body_threshold_hu: float = -500.0
+    body_threshold_hu: float = SOFT_TISSUE_ABOVE_HU
     body_margin_vox: int = 2
 
     def __post_init__(self) -> None:
@@ -328,16 +365,7 @@ class PreprocessSpec:
 
     def normalise(self, image_hu: np.ndarray) -> np.ndarray:
         """Applies this spec's normalisation; float32, same shape."""
-        if self.normalisation == "hu_window":
-            return hu_window(image_hu, window=self.hu_window)
-        if self.ct_stats is None:
-            # A config may ask for ct_zscore before training has computed the statistics;
-            # normalising without them is the error.
-            raise ValueError(
-                "Expected ct_stats (from compute_ct_stats on the training cases) for normalisation='ct_zscore'. "
-                "Received: ct_stats=None"
-            )
-        return ct_zscore(image_hu, stats=self.ct_stats)
+        return _normalise(image_hu, self, dtype=np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples as lists, ct_stats as a dict)."""
@@ -367,6 +395,52 @@ class PreprocessSpec:
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+def _normalise(image_hu: np.ndarray, spec: Any, *, dtype: Any) -> np.ndarray:
+    """The one normalisation map: ``spec.normalisation`` applied in ``dtype``."""
+    if spec.normalisation == "hu_window":
+        return hu_window(image_hu, window=spec.hu_window, dtype=dtype)
+    if spec.ct_stats is None:
+        # A config may ask for ct_zscore before training has computed the statistics;
+        # normalising without them is the error.
+        raise ValueError(
+            "Expected preprocess.ct_stats (from compute_ct_stats on the training cases, stored in the "
+            "run's config.yaml) for normalisation='ct_zscore'. Received: preprocess.ct_stats=None"
+        )
+    return ct_zscore(image_hu, stats=spec.ct_stats, dtype=dtype)
+
+
+def normalised_level(value_hu: float, *, spec: PreprocessSpec, dtype: Any = np.float64) -> float:
+    """The normalised value of one HU level under ``spec`` (the map of `PreprocessSpec.normalise`).
+
+    Args:
+        value_hu: A HU level (e.g. `AIR_HU`).
+        spec: The PreprocessSpec (the config's ``preprocess`` section).
+        dtype: float64 for the exact level; float32 for the value that a voxel of exactly
+            ``value_hu`` holds in the normalised float32 image.
+
+    Returns:
+        The level as a Python float (clipped as the normalisation clips).
+
+    Raises:
+        ValueError: ``ct_zscore`` without ``ct_stats``.
+    """
+    return float(_normalise(np.asarray([value_hu], dtype=dtype), spec, dtype=dtype)[0])
+
+
+def air_level(spec: PreprocessSpec) -> float:
+    """The normalised value of air (`AIR_HU`): the pad value of patches and windows."""
+    return normalised_level(AIR_HU, spec=spec)
+
+
+def body_level(spec: PreprocessSpec) -> float:
+    """The normalised level above which a voxel is body (denser than `BODY_ABOVE_HU`).
+
+    When the normalisation clips above `BODY_ABOVE_HU`, the floor (air) is returned: only
+    voxels above it count.
+    """
+    return max(normalised_level(BODY_ABOVE_HU, spec=spec), air_level(spec))
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,6 +670,9 @@ class CachedCase:
 def lesion_records(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> list[dict[str, Any]]:
     """One record per 26-connected component of ``mask`` (ordered by first voxel, C order).
 
+    The rows of the lesion table (`segmentation.lesions.lesion_table`) as the cache record
+    stores them, and the training sampler reads them.
+
     Args:
         mask: ndarray (I, J, K); > 0 is foreground.
         spacing_mm: Spacing in mm.
@@ -605,25 +682,17 @@ def lesion_records(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> list[dic
         pairs), ``centroid_vox`` (3 floats), ``volume_mm3``. Empty for an empty mask.
     """
     spacing = _check_spacing(spacing_mm, name="spacing_mm")
-    labels, count = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY_26)
-    if count == 0:
-        return []
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(np.ones(labels.shape), labels, index)
-    centroids = ndimage.center_of_mass(labels > 0, labels, index)
-    voxel_mm3 = float(np.prod(spacing))
-    records = []
-    for label, (box, size, centroid) in enumerate(zip(ndimage.find_objects(labels), sizes, centroids), start=1):
-        records.append(
-            {
-                "label": label,
-                "voxel_count": int(size),
-                "bbox": [[int(s.start), int(s.stop)] for s in box],
-                "centroid_vox": [float(c) for c in centroid],
-                "volume_mm3": float(size) * voxel_mm3,
-            }
-        )
-    return records
+    table = lesion_table(find_components(mask, connectivity=26), spacing_mm=spacing)
+    return [
+        {
+            "label": lesion.label,
+            "voxel_count": lesion.voxel_count,
+            "bbox": [[s.start, s.stop] for s in lesion.bbox],
+            "centroid_vox": list(lesion.centroid_vox),
+            "volume_mm3": lesion.volume_mm3,
+        }
+        for lesion in table
+    ]
 
 
 def _check_case_id(case_id: Any) -> str:

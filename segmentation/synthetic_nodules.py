@@ -262,7 +262,8 @@ def insert_nodules(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, spe
         rng: The sample's generator.
         spacing_mm: Voxel spacing of the patch.
         units_per_hu: Normalised intensity units per HU.
-        parenchyma_level: Normalised level (-500 HU) below which lung voxels are parenchyma.
+        parenchyma_level: Normalised level below which lung voxels are parenchyma
+            (`segmentation.preprocessing.PARENCHYMA_BELOW_HU`, -500 HU).
 
     Returns:
         ``(image float32, mask uint8, n_painted)``; new arrays. Nothing is painted into a

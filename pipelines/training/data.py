@@ -26,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.data import make_patch_dataset
-from pipelines.predictor import air_level, body_level
 from segmentation.augmentation import build_augmenter
 from segmentation.config import Config, config_to_dict
 from segmentation.console import progress_bar
@@ -35,8 +34,8 @@ from segmentation.io import check_pair, read_volume
 from segmentation.nodule_attributes import find_dataset_nodule_table, read_nodule_table
 from segmentation.nodule_insertion import with_nodule_insertion
 from segmentation.plausibility import ScanLimits, check_scan
-from segmentation.preprocessing import (cache_case, compute_ct_stats, load_cached_case,
-                                        preprocess_volume)
+from segmentation.preprocessing import (air_level, body_level, cache_case, compute_ct_stats,
+                                        load_cached_case, preprocess_volume)
 from segmentation.sampling import PatchSampler
 
 __all__ = ["ValCase", "PreparedData", "data_hash", "prepare_data", "make_train_dataset"]
@@ -140,7 +139,7 @@ def _background_threshold(config: Config) -> float | None:
     """``train.background``: None for ``uniform``, the body level for ``body``."""
     if config.train.background == "uniform":
         return None
-    return body_level(config)
+    return body_level(config.preprocess)
 
 
 def _discover(config: Config, data_dir: Path) -> tuple[list, list]:
@@ -256,7 +255,7 @@ def prepare_data(config: Config, *, data_dir: str | os.PathLike, run_dir: str | 
         foreground_fraction=config.train.foreground_fraction,
         seed=config.train.seed,
         context_slices=model_cfg.context_slices,
-        pad_value=air_level(config),
+        pad_value=air_level(config.preprocess),
         background_threshold=_background_threshold(config),
     )
     # augment.lesion_paste / synthetic_nodules
