@@ -37,6 +37,8 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff
 from scipy import ndimage, sparse
 
+from segmentation.validation import check_affine
+
 __all__ = [
     "ShapeMismatchError",
     "Reorient",
@@ -105,22 +107,6 @@ def _int_triple(value: Any, *, name: str) -> tuple[int, int, int]:
             raise ValueError(f"Expected {name} to be 3 ints. Received: {name}={value!r}")
         out.append(int(v))
     return tuple(out)  # type: ignore[return-value]
-
-
-def _check_affine(affine: Any, *, name: str) -> np.ndarray:
-    """Validates a finite, invertible (4, 4) affine and returns a float64 read-only copy."""
-    array = np.array(affine, dtype=np.float64)
-    if array.shape != (4, 4) or not np.all(np.isfinite(array)):
-        raise ValueError(
-            f"Expected {name} to be a finite (4, 4) affine. Received: {name} with shape {array.shape}"
-        )
-    if not np.allclose(array[3], [0.0, 0.0, 0.0, 1.0]) or abs(np.linalg.det(array[:3, :3])) < 1e-12:
-        raise ValueError(
-            f"Expected {name} to be an invertible affine with last row [0, 0, 0, 1]. "
-            f"Received: {name}={array.tolist()}"
-        )
-    array.setflags(write=False)
-    return array
 
 
 def _check_spatial(array: np.ndarray, shape: tuple[int, ...], *, name: str) -> None:
@@ -656,7 +642,7 @@ class Geometry:
     def __post_init__(self) -> None:
         shape = _shape3(self.source_shape, name="source_shape")
         object.__setattr__(self, "source_shape", shape)
-        object.__setattr__(self, "source_affine", _check_affine(self.source_affine, name="source_affine"))
+        object.__setattr__(self, "source_affine", check_affine(self.source_affine, name="source_affine"))
         steps = tuple(self.steps)
         current = shape
         for index, step in enumerate(steps):

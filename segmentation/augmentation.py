@@ -44,6 +44,7 @@ import numpy as np
 
 from segmentation.lesion_paste import LesionPasteSpec
 from segmentation.synthetic_nodules import SyntheticNoduleSpec
+from segmentation.validation import check_range
 
 __all__ = ["AugmentSpec", "Augmenter", "build_augmenter"]
 
@@ -101,20 +102,6 @@ class AugmentSpec:
     synthetic_nodules: SyntheticNoduleSpec = field(default_factory=SyntheticNoduleSpec)
 
 
-def _check_range(spec: AugmentSpec, name: str, *, positive: bool) -> tuple[float, float]:
-    value = getattr(spec, name)
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Expected spec.{name} to be a (low, high) pair. Received: {name}={value!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi or (positive and lo <= 0):
-        raise ValueError(
-            f"Expected spec.{name} to be a finite (low, high) pair with low <= high"
-            f"{' and low > 0' if positive else ''}. Received: {name}={value!r}"
-        )
-    return lo, hi
-
-
 def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
     """Validates ``spec``; returns the flip axes that exist for ``spatial_dims``."""
     if not isinstance(spec, AugmentSpec):
@@ -134,12 +121,12 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
         raise ValueError(
             f"Expected spec.noise_std <= 1 (a fraction of the range). Received: noise_std={spec.noise_std!r}"
         )
-    _check_range(spec, "scale", positive=True)
+    check_range(spec.scale, name="spec.scale", positive=True)
     for name, kind in (("lesion_paste", LesionPasteSpec), ("synthetic_nodules", SyntheticNoduleSpec)):
         if not isinstance(getattr(spec, name), kind):
             raise TypeError(f"Expected spec.{name} to be a {kind.__name__}. Received: {name}={getattr(spec, name)!r}")
-    _check_range(spec, "gamma", positive=True)
-    _check_range(spec, "blur_sigma", positive=True)
+    check_range(spec.gamma, name="spec.gamma", positive=True)
+    check_range(spec.blur_sigma, name="spec.blur_sigma", positive=True)
     axes = tuple(spec.flip_axes)
     valid = all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a <= 2 for a in axes)
     if not valid or len(set(axes)) != len(axes):

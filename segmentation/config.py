@@ -32,6 +32,7 @@ import yaml
 
 from segmentation.augmentation import AugmentSpec
 from segmentation.preprocessing import PreprocessSpec
+from segmentation.validation import check_float
 
 __all__ = [
     "ConfigError",
@@ -95,7 +96,8 @@ class DataConfig:
     binarize_labels: bool = False
 
     def __post_init__(self) -> None:
-        _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_float(self.val_fraction, name="data.val_fraction",
+                    minimum=0.0, maximum=1.0, low_open=True, high_open=True, error=ConfigError)
         if self.n_folds == 1 or self.n_folds < 0:
             raise ConfigError(
                 f"Expected data.n_folds to be 0 (single split) or >= 2. Received: data.n_folds={self.n_folds}"
@@ -142,7 +144,8 @@ class ModelConfig:
                 "Expected model.filters to hold at least two positive integers. "
                 f"Received: model.filters={list(self.filters)}"
             )
-        _check_range("model.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_float(self.dropout, name="model.dropout",
+                    minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
         if self.context_slices < 0:
             raise ConfigError(f"Expected model.context_slices >= 0. Received: {self.context_slices}")
         if self.context_slices and self.spatial_dims != 2:
@@ -188,13 +191,15 @@ class OptimConfig:
     clipnorm: float | None = 12.0
 
     def __post_init__(self) -> None:
-        _check_range("optim.learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
-        _check_range("optim.weight_decay", self.weight_decay, 0.0, math.inf)
-        _check_range("optim.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        check_float(self.learning_rate, name="optim.learning_rate",
+                    minimum=0.0, low_open=True, error=ConfigError)
+        check_float(self.weight_decay, name="optim.weight_decay", minimum=0.0, error=ConfigError)
+        check_float(self.momentum, name="optim.momentum",
+                    minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
         if self.warmup_epochs < 0:
             raise ConfigError(f"Expected optim.warmup_epochs >= 0. Received: {self.warmup_epochs}")
         if self.clipnorm is not None:
-            _check_range("optim.clipnorm", self.clipnorm, 0.0, math.inf, low_open=True)
+            check_float(self.clipnorm, name="optim.clipnorm", minimum=0.0, low_open=True, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +259,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"Expected train.{name} >= 1. Received: train.{name}={value}")
-        _check_range("train.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
+        check_float(self.foreground_fraction, name="train.foreground_fraction",
+                    minimum=0.0, maximum=1.0, error=ConfigError)
         if self.early_stopping_patience < 0:
             raise ConfigError(
                 f"Expected train.early_stopping_patience >= 0. Received: {self.early_stopping_patience}"
@@ -305,10 +311,13 @@ class InferenceConfig:
                 "Expected inference.window to be 2 or 3 positive integers or null. "
                 f"Received: inference.window={list(self.window)}"
             )
-        _check_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
-        _check_range("inference.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
-        _check_range("inference.sigma_scale", self.sigma_scale, 0.0, math.inf, low_open=True)
-        _check_range("inference.min_size_mm3", self.min_size_mm3, 0.0, math.inf)
+        check_float(self.overlap, name="inference.overlap",
+                    minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
+        check_float(self.threshold, name="inference.threshold",
+                    minimum=0.0, maximum=1.0, low_open=True, high_open=True, error=ConfigError)
+        check_float(self.sigma_scale, name="inference.sigma_scale",
+                    minimum=0.0, low_open=True, error=ConfigError)
+        check_float(self.min_size_mm3, name="inference.min_size_mm3", minimum=0.0, error=ConfigError)
         if self.batch_size < 1:
             raise ConfigError(f"Expected inference.batch_size >= 1. Received: {self.batch_size}")
 
@@ -334,9 +343,11 @@ class EvaluationConfig:
     tolerance_mm: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_range("evaluation.iou_threshold", self.iou_threshold, 0.0, 1.0, low_open=True)
-        _check_range("evaluation.small_lesion_mm", self.small_lesion_mm, 0.0, math.inf, low_open=True)
-        _check_range("evaluation.tolerance_mm", self.tolerance_mm, 0.0, math.inf)
+        check_float(self.iou_threshold, name="evaluation.iou_threshold",
+                    minimum=0.0, maximum=1.0, low_open=True, error=ConfigError)
+        check_float(self.small_lesion_mm, name="evaluation.small_lesion_mm",
+                    minimum=0.0, low_open=True, error=ConfigError)
+        check_float(self.tolerance_mm, name="evaluation.tolerance_mm", minimum=0.0, error=ConfigError)
         edges = list(self.size_bins_mm)
         if len(edges) < 1 or edges != sorted(set(edges)) or edges[0] < 0:
             raise ConfigError(
@@ -601,17 +612,6 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"Expected {key} to be a string. Received: {key}={value!r}")
         return value
     return value
-
-
-def _check_range(
-    key: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> None:
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high):
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        raise ConfigError(f"Expected {key} in {left}{low}, {high}{right}. Received: {key}={value}")
 
 
 def _plain(value: Any) -> Any:

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from segmentation.validation import check_affine
+
 __all__ = [
     "FRAMES",
     "MAX_ATTRIBUTE_VALUES",
@@ -388,15 +390,6 @@ def find_dataset_nodule_table(data_dir: str | os.PathLike) -> Path | None:
 
 
 # --------------------------------------------------------------------------- joining
-def _check_affine(affine: Any) -> np.ndarray:
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(
-            np.linalg.det(matrix[:3, :3])) < 1e-12:
-        raise ValueError(f"Expected a finite, invertible (4, 4) affine. Received: "
-                         f"affine={np.asarray(affine).tolist()!r}")
-    return matrix
-
-
 def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mapping],
               affine: Any, offset: Sequence[int] = (0, 0, 0),
               scan_shape: Sequence[int] | None = None) -> CaseJoin:
@@ -426,7 +419,7 @@ def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mappi
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Expected labels to be an int ndarray (I, J, K). Received: "
                          f"labels of shape {labels.shape} and dtype {labels.dtype}")
-    matrix = _check_affine(affine)
+    matrix = check_affine(affine, name="affine")
     start = np.asarray(offset, dtype=np.int64).reshape(3)
     shape = np.asarray(labels.shape if scan_shape is None else scan_shape,
                        dtype=np.int64).reshape(3)
@@ -509,7 +502,7 @@ def join_mask(rows: Sequence[NoduleRow], *, mask_true: Any, lesions: Sequence[Ma
 
     check_options(connectivity=connectivity)
     mask = check_mask(mask_true, name="mask_true")
-    matrix = _check_affine(affine)
+    matrix = check_affine(affine, name="affine")
     nonzero = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
                for axis in range(3)]
     if any(index.size == 0 for index in nonzero):
