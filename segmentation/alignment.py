@@ -37,7 +37,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff
 from scipy import ndimage, sparse
 
-from segmentation.validation import check_affine
+from segmentation.validation import check_affine, check_spacing
 
 __all__ = [
     "ShapeMismatchError",
@@ -157,19 +157,9 @@ def target_shape(
         ValueError: For a bad shape or a non-positive / non-finite spacing.
     """
     shape = _shape3(in_shape, name="in_shape")
-    spacing = _positive_triple(spacing_mm, name="spacing_mm")
-    target = _positive_triple(target_spacing_mm, name="target_spacing_mm")
+    spacing = check_spacing(spacing_mm, name="spacing_mm")
+    target = check_spacing(target_spacing_mm, name="target_spacing_mm")
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
-
-
-def _positive_triple(value: Any, *, name: str) -> tuple[float, float, float]:
-    try:
-        items = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers. Received: {name}={value!r}") from None
-    if len(items) != 3 or not all(math.isfinite(v) and v > 0 for v in items):
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers. Received: {name}={value!r}")
-    return items  # type: ignore[return-value]
 
 
 def separate_slice_axis(
@@ -197,9 +187,9 @@ def separate_slice_axis(
     """
     if not (isinstance(anisotropy_ratio, (int, float)) and math.isfinite(anisotropy_ratio) and anisotropy_ratio > 1):
         raise ValueError(f"Expected anisotropy_ratio > 1. Received: anisotropy_ratio={anisotropy_ratio!r}")
-    candidates = [_positive_triple(spacing_mm, name="spacing_mm")]
+    candidates = [check_spacing(spacing_mm, name="spacing_mm")]
     if target_spacing_mm is not None:
-        candidates.append(_positive_triple(target_spacing_mm, name="target_spacing_mm"))
+        candidates.append(check_spacing(target_spacing_mm, name="target_spacing_mm"))
     for spacing in candidates:
         finest = min(spacing)
         coarse = [axis for axis, s in enumerate(spacing) if s > anisotropy_ratio * finest]
