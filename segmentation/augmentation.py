@@ -28,23 +28,21 @@ in the image and 0 in the mask.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
-
 import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
-import cv2
 import numpy as np
 
 from segmentation.lesion_paste import LesionPasteSpec
 from segmentation.synthetic_nodules import SyntheticNoduleSpec
 from segmentation.validation import check_range
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 __all__ = ["AugmentSpec", "Augmenter", "build_augmenter"]
 
@@ -136,7 +134,21 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
     return tuple(int(a) for a in axes if a < spatial_dims)
 
 
+def _albumentations() -> tuple[ModuleType, ModuleType]:
+    """albumentations and OpenCV, imported when an augmenter is built (not with the spec).
+
+    Lazy because they are heavy (~0.7 s) and a config only needs `AugmentSpec`, and because
+    albumentations checks PyPI for updates on import unless `segmentation.tf_env.
+    configure_process` (which sets ``NO_ALBUMENTATIONS_UPDATE``) ran first.
+    """
+    import albumentations  # heavy, and checks PyPI on import before configure_process
+    import cv2
+
+    return albumentations, cv2
+
+
 def _geometric_compose(spec: AugmentSpec) -> A.Compose | None:
+    A, cv2 = _albumentations()
     lo, hi = (float(s) for s in spec.scale)
     if spec.p_affine == 0 or (spec.rotate_deg == 0 and lo == hi == 1.0):
         return None
@@ -155,6 +167,7 @@ def _geometric_compose(spec: AugmentSpec) -> A.Compose | None:
 
 
 def _intensity_compose(spec: AugmentSpec) -> A.Compose | None:
+    A, _ = _albumentations()
     transforms: list[Any] = []
     if spec.p_intensity > 0 and (spec.brightness > 0 or spec.contrast > 0):
         transforms.append(

@@ -249,7 +249,7 @@ def test_all_empty_dataset(tmp_path):
 
 
 def test_cli_evaluate_writes_the_report(phantom, capsys):
-    from segmentation.cli import main
+    from pipelines.cli import main
 
     out = phantom / "cli_report"
     code = main(["evaluate", "--pred", str(phantom / "pred"), "--truth", str(phantom / "truth"),
@@ -375,7 +375,7 @@ def test_bad_nodule_table_names_the_file_row_and_column(phantom, text, row, colu
 
 
 def test_cli_evaluate_nodules_on_two_pairs(tmp_path, capsys):
-    from segmentation.cli import main
+    from pipelines.cli import main
 
     for case in ("p1", "p2"):
         _write(tmp_path / "truth" / f"{case}.nii.gz", _ball(*NODULES[0]) | _ball(*NODULES[1]))

@@ -138,7 +138,7 @@ _KILL_AT_RENAME = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst, *args, **kwargs)
     os.replace = replace
-    from segmentation.cli import main
+    from pipelines.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
 
@@ -193,7 +193,7 @@ def test_every_config_and_loss_resumes_in_a_fresh_process(cli_data, tmp_path):
         runs.append(["train", "--config", str(REPO / "configs" / config_name), "--data",
                      str(cli_data), "--out", str(out), "--resume", "--set", *overrides])
     # One new interpreter resumes them all: the first finds nothing imported but the CLI.
-    script = ("import json, sys\nfrom segmentation.cli import main\n"
+    script = ("import json, sys\nfrom pipelines.cli import main\n"
               "codes = [main(args) for args in json.loads(sys.argv[1])]\n"
               "print('CODES', json.dumps(codes))\n")
     done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], env=_env(),
