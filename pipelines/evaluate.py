@@ -492,7 +492,7 @@ def _save_figure(figure: Any, path: Path) -> None:
 
 
 def _new_figure() -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy (~0.5 s), for plots only
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4.5))

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from segmentation.augmentation import AugmentSpec
+from segmentation.io import atomic_write
 from segmentation.preprocessing import PreprocessSpec
 from segmentation.validation import check_float
 
@@ -510,8 +511,6 @@ def save_config(config: Config, path: str | Path) -> Path:
     The file starts with ``format_version`` and ``config_sha256`` (`config_hash`), so a
     reader can tell a truncated or edited file from the one training wrote.
     """
-    from segmentation.io import atomic_write
-
     meta = {"format_version": CONFIG_FORMAT_VERSION, "config_sha256": config_hash(config)}
     text = yaml.safe_dump({**meta, **config_to_dict(config)}, sort_keys=False)
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))

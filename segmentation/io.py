@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -32,8 +32,7 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
-if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
-    from segmentation.alignment import Geometry
+from segmentation.alignment import Geometry, Reorient
 
 __all__ = [
     "METAIMAGE_SUFFIXES",
@@ -307,8 +306,6 @@ class Volume:
     @property
     def geometry(self) -> Geometry:
         """The alignment Geometry of this volume: a single Reorient step."""
-        from segmentation.alignment import Geometry, Reorient  # lazy: optional dependency
-
         return Geometry(
             source_shape=self.source_shape,
             source_affine=self.source_affine.copy(),
@@ -386,7 +383,7 @@ def read_volume(
     _check_kind(kind, _KINDS_READ)
     path = _as_path(path)
     if _scan_suffix(path) is not None and _nifti_suffix(path) is None:
-        from segmentation.metaimage import read_metaimage  # lazy: SimpleITK
+        from segmentation.metaimage import read_metaimage  # metaimage builds on io: a cycle at top
 
         return read_metaimage(path, kind=kind, binarize=binarize)
     if _nifti_suffix(path) is None:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from segmentation.metrics import check_mask, check_options
 from segmentation.validation import check_affine
 
 __all__ = [
@@ -498,8 +499,6 @@ def join_mask(rows: Sequence[NoduleRow], *, mask_true: Any, lesions: Sequence[Ma
     Labelling runs on the mask's bounding box (component numbering is raster order, the same
     in any box that holds every voxel), so a full-size label array is never allocated.
     """
-    from segmentation.metrics import check_mask, check_options
-
     check_options(connectivity=connectivity)
     mask = check_mask(mask_true, name="mask_true")
     matrix = check_affine(affine, name="affine")

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,6 +40,7 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from segmentation.dataset import INCOMPLETE_MARKER
+from segmentation.io import atomic_write
 from segmentation.validation import check_int
 
 logger = logging.getLogger(__name__)
@@ -971,8 +973,6 @@ def _nodule_record(number: int, placed: dict[str, Any], image: np.ndarray,
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Writes `data` atomically through `segmentation.io.atomic_write` (temp file, fsync, rename)."""
-    from segmentation.io import atomic_write
-
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
@@ -1027,8 +1027,6 @@ def estimate_dataset_bytes(out_dir: str | os.PathLike, *, n_cases: int, n_test: 
         ``{"bytes": estimated total, "free_bytes": free space, "checked": the folder whose
         file system was measured}``.
     """
-    import shutil
-
     grid = DEFAULT_SIZE if size is None else tuple(int(s) for s in size)
     n_total = max(int(n_cases), 0) + max(int(n_test), 0)
     voxels = int(np.prod(grid, dtype=np.int64))

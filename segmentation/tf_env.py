@@ -242,7 +242,7 @@ def import_tensorflow() -> ModuleType:
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    import tensorflow as tf
+    import tensorflow as tf  # this module's work is done before TensorFlow loads
 
     tf.config.list_physical_devices()
     return tf
