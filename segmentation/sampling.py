@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from segmentation.alignment import add_channel_axis
 from segmentation.validation import check_int
 
 logger = logging.getLogger(__name__)
@@ -536,7 +537,7 @@ class PatchSampler:
         if self.spatial_dims == 3:
             image = _read_box(case.image, location.start, self.patch_size, fill=self.pad_value, dtype=np.float32)
             mask = _read_box(case.mask, location.start, self.patch_size, fill=0, dtype=np.uint8)
-            return image[..., None], (mask > 0).astype(np.uint8)[..., None]
+            return add_channel_axis(image), add_channel_axis((mask > 0).astype(np.uint8))
         depth = case.image.shape[2]
         k = location.slice_index
         ks = np.clip(np.arange(k - self.context_slices, k + self.context_slices + 1), 0, depth - 1)

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from segmentation.alignment import add_channel_axis
+
 __all__ = [
-    "body_skip_fn",
     "gaussian_importance_map",
     "sliding_window_inference",
     "window_positions",
@@ -151,33 +152,6 @@ def gaussian_importance_map(window: Sequence[int], *, sigma_scale: float | Seque
     return np.maximum(weight, min_weight).astype(np.float32)
 
 
-def body_skip_fn(image: np.ndarray, *, threshold: float) -> SkipFn:
-    """A ``skip_window`` callback that skips windows whose maximum is below ``threshold``.
-
-    Use it to avoid predicting windows that lie entirely in air outside the body, e.g.
-    ``threshold=-500`` on HU or the normalised equivalent.
-
-    Args:
-        image: The image passed to ``sliding_window_inference``, ``(*spatial)`` or
-            ``(*spatial, C)`` (all channels count).
-        threshold: Windows with ``max(image[slices]) < threshold`` are skipped.
-
-    Returns:
-        A callable ``skip(slices) -> bool``.
-    """
-    image = np.asarray(image) if not isinstance(image, np.ndarray) else image
-    if not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
-        raise ValueError(
-            f"Expected threshold to be a finite number. Received: threshold={threshold!r}"
-        )
-
-    def skip(slices: tuple[slice, ...]) -> bool:
-        region = image[tuple(slices)]
-        return region.size == 0 or bool(np.max(region) < threshold)
-
-    return skip
-
-
 def _pad_to_window(image: np.ndarray, window: tuple[int, ...], *, has_channels: bool,
                    pad_value: float | None) -> np.ndarray:
     """Pads spatial axes at their end up to ``window``; returns ``image`` itself if no padding."""
@@ -282,7 +256,7 @@ def sliding_window_inference(
         sigma_scale: Gaussian sigma as a fraction of the window size.
         skip_window: ``skip_window(slices) -> bool``; ``True`` skips the window (not
             predicted). ``slices`` index the spatial axes of ``image`` (clipped to its
-            extent), e.g. ``body_skip_fn(image, threshold=...)``.
+            extent), e.g. ``pipelines.predictor.skip_air_window_fn`` (air outside the body).
         mirror_axes: Spatial axes for test-time mirroring: every subset of them (``2**n``
             flips, the identity included) is predicted, un-flipped and averaged.
         progress: ``progress(done, total)`` called after each batch with the number of
@@ -342,7 +316,7 @@ def sliding_window_inference(
     for batch_slices in _batches(positions, int(batch_size)):
         batch = np.stack([np.asarray(padded[sl], dtype=np.float32) for sl in batch_slices])
         if not has_channels:
-            batch = batch[..., np.newaxis]
+            batch = add_channel_axis(batch)
         preds = _predict_mirrored(predict_fn, batch, window, subsets)
         for sl, pred in zip(batch_slices, preds):
             weighted_sum[sl] += pred * importance

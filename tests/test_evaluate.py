@@ -261,14 +261,6 @@ def test_cli_evaluate_writes_the_report(phantom, capsys):
     assert printed["n_cases"] == 3 and not math.isnan(printed["cpm"])
 
 
-def test_bench_evaluate_runs_on_a_small_scan():
-    from pipelines.evaluate import bench_evaluate
-
-    result = bench_evaluate(shape=(48, 48, 40), spacing_mm=(2.0, 2.0, 2.5), repeats=1)
-    assert result["shape"] == [48, 48, 40] and result["n_lesions"] >= 1
-    assert 0.0 < result["dice"] <= 1.0 and result["seconds"] > 0
-
-
 def test_masks_and_probability_maps_in_one_folder(phantom):
     """`lungseg predict --probs` writes {case}_mask and {case}_probs side by side."""
     shared = phantom / "pred"
