@@ -35,6 +35,7 @@ from segmentation.lidc import NODULE_COLUMNS, POINT_COLUMNS, build_case, parse_l
 from segmentation.lidc_tree import find_lidc_series, slice_index
 from segmentation.luna16 import ras_nodules, read_annotations, sphere_mask
 from segmentation.metaimage import read_metaimage
+from segmentation.validation import check_float, check_int
 
 __all__ = ["LUNA16_NODULE_COLUMNS", "import_lidc", "import_luna16", "write_case"]
 
@@ -59,9 +60,7 @@ def _path(value: Any, *, option: str) -> Path:
 def _check_workers(workers: Any) -> int:
     if workers is None:
         return max(1, min(4, os.cpu_count() or 1))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"Expected --workers to be an integer >= 1. Received: --workers={workers!r}")
-    return workers
+    return check_int(workers, name="--workers", minimum=1)
 
 
 def _prepare_out(out: Path, *, overwrite: bool) -> None:
@@ -367,10 +366,8 @@ def import_lidc(*, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Raises:
         ValueError: Bad option, nothing to import, an existing dataset without ``overwrite``.
     """
-    if isinstance(consensus, bool) or not isinstance(consensus, (int, float)) or not 0.0 < consensus <= 1.0:
-        raise ValueError(f"Expected --consensus in (0, 1]. Received: --consensus={consensus!r}")
-    if isinstance(min_readers, bool) or not isinstance(min_readers, int) or min_readers < 1:
-        raise ValueError(f"Expected --min-readers to be an integer >= 1. Received: --min-readers={min_readers!r}")
+    check_float(consensus, name="--consensus", minimum=0.0, maximum=1.0, low_open=True)
+    min_readers = check_int(min_readers, name="--min-readers", minimum=1)
     workers = _check_workers(workers)
     root = _path(input_dir, option="--input")
     series, notes = find_lidc_series(root, cases=cases)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from segmentation.alignment import add_channel_axis
+from segmentation.validation import check_float, check_int
 
 __all__ = [
     "gaussian_importance_map",
@@ -54,13 +55,6 @@ def _check_window(window, *, rank: int | None = None) -> tuple[int, ...]:
             f"Received: window={window!r}"
         )
     return tuple(int(s) for s in window)
-
-
-def _check_overlap(overlap) -> float:
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float, np.floating)) \
-            or not 0.0 <= overlap < 1.0:
-        raise ValueError(f"Expected overlap in [0, 1). Received: overlap={overlap!r}")
-    return float(overlap)
 
 
 def _spatial_rank(image: np.ndarray, window) -> int:
@@ -107,7 +101,7 @@ def window_positions(shape: Sequence[int], window: Sequence[int],
     """
     shape = tuple(int(s) for s in shape)
     window = _check_window(window, rank=len(shape))
-    overlap = _check_overlap(overlap)
+    overlap = check_float(overlap, name="overlap", minimum=0.0, maximum=1.0, high_open=True)
     if any(w > s for w, s in zip(window, shape)):
         raise ValueError(
             f"Expected window <= shape on every axis (pad the image first). "
@@ -277,12 +271,8 @@ def sliding_window_inference(
         image = np.asarray(image)
     rank = _spatial_rank(image, window)
     window = _check_window(window, rank=rank)
-    overlap = _check_overlap(overlap)
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
-        raise ValueError(
-            f"Expected batch_size to be a positive int. Received: batch_size={batch_size!r}"
-        )
+    overlap = check_float(overlap, name="overlap", minimum=0.0, maximum=1.0, high_open=True)
+    batch_size = check_int(batch_size, name="batch_size", minimum=1)
     if not callable(predict_fn):
         raise TypeError(f"Expected predict_fn to be callable. Received: predict_fn={predict_fn!r}")
     if image.dtype.kind not in "biuf":
@@ -313,7 +303,7 @@ def sliding_window_inference(
     done = n_skipped
     if progress is not None and n_skipped:
         progress(done, n_total)
-    for batch_slices in _batches(positions, int(batch_size)):
+    for batch_slices in _batches(positions, batch_size):
         batch = np.stack([np.asarray(padded[sl], dtype=np.float32) for sl in batch_slices])
         if not has_channels:
             batch = add_channel_axis(batch)
