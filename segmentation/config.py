@@ -33,7 +33,7 @@ import yaml
 from segmentation.augmentation import AugmentSpec
 from segmentation.io import atomic_write
 from segmentation.preprocessing import PreprocessSpec
-from segmentation.validation import check_float
+from segmentation.validation import check_float, check_int
 
 __all__ = [
     "ConfigError",
@@ -107,8 +107,8 @@ class DataConfig:
             raise ConfigError(
                 f"Expected data.fold in [0, {self.n_folds - 1}]. Received: data.fold={self.fold}"
             )
-        if self.max_val_cases is not None and self.max_val_cases < 1:
-            raise ConfigError(f"Expected data.max_val_cases >= 1 or null. Received: {self.max_val_cases}")
+        if self.max_val_cases is not None:
+            check_int(self.max_val_cases, name="data.max_val_cases", minimum=1, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +147,7 @@ class ModelConfig:
             )
         check_float(self.dropout, name="model.dropout",
                     minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
-        if self.context_slices < 0:
-            raise ConfigError(f"Expected model.context_slices >= 0. Received: {self.context_slices}")
+        check_int(self.context_slices, name="model.context_slices", minimum=0, error=ConfigError)
         if self.context_slices and self.spatial_dims != 2:
             raise ConfigError(
                 "Expected model.context_slices = 0 for a 3D model (2.5D is a 2D option). "
@@ -197,8 +196,7 @@ class OptimConfig:
         check_float(self.weight_decay, name="optim.weight_decay", minimum=0.0, error=ConfigError)
         check_float(self.momentum, name="optim.momentum",
                     minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"Expected optim.warmup_epochs >= 0. Received: {self.warmup_epochs}")
+        check_int(self.warmup_epochs, name="optim.warmup_epochs", minimum=0, error=ConfigError)
         if self.clipnorm is not None:
             check_float(self.clipnorm, name="optim.clipnorm", minimum=0.0, low_open=True, error=ConfigError)
 
@@ -257,21 +255,15 @@ class TrainConfig:
                 f"Received: train.patch_size={list(self.patch_size)}"
             )
         for name in ("batch_size", "epochs", "steps_per_epoch", "val_every"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(f"Expected train.{name} >= 1. Received: train.{name}={value}")
+            check_int(getattr(self, name), name=f"train.{name}", minimum=1, error=ConfigError)
         check_float(self.foreground_fraction, name="train.foreground_fraction",
                     minimum=0.0, maximum=1.0, error=ConfigError)
-        if self.early_stopping_patience < 0:
-            raise ConfigError(
-                f"Expected train.early_stopping_patience >= 0. Received: {self.early_stopping_patience}"
-            )
+        check_int(self.early_stopping_patience, name="train.early_stopping_patience", minimum=0,
+                  error=ConfigError)
         if not self.best_metric:
             raise ConfigError("Expected train.best_metric to name at least one metric. Received: []")
-        if self.num_parallel_calls is not None and self.num_parallel_calls < 1:
-            raise ConfigError(
-                f"Expected train.num_parallel_calls >= 1 or null. Received: {self.num_parallel_calls}"
-            )
+        if self.num_parallel_calls is not None:
+            check_int(self.num_parallel_calls, name="train.num_parallel_calls", minimum=1, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,8 +311,7 @@ class InferenceConfig:
         check_float(self.sigma_scale, name="inference.sigma_scale",
                     minimum=0.0, low_open=True, error=ConfigError)
         check_float(self.min_size_mm3, name="inference.min_size_mm3", minimum=0.0, error=ConfigError)
-        if self.batch_size < 1:
-            raise ConfigError(f"Expected inference.batch_size >= 1. Received: {self.batch_size}")
+        check_int(self.batch_size, name="inference.batch_size", minimum=1, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
