@@ -154,6 +154,19 @@ def check_bool(value: Any, *, name: str) -> bool:
     return bool(value)
 
 
+def _items(value: Any, *, ndim: int, message: str, not_a_sequence: type[Exception]) -> tuple:
+    """``value`` as a tuple of ``ndim`` entries; a string is not a sequence here."""
+    if isinstance(value, (str, bytes)):
+        raise not_a_sequence(message)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise not_a_sequence(message) from None
+    if len(items) != ndim:
+        raise ValueError(message)
+    return items
+
+
 def check_shape(value: Any, *, name: str = "shape", ndim: int = 3) -> tuple[int, ...]:
     """Checks ``ndim`` positive integers (a spatial shape or a window).
 
@@ -165,13 +178,8 @@ def check_shape(value: Any, *, name: str = "shape", ndim: int = 3) -> tuple[int,
         ValueError: wrong length, or an entry that is not a positive integer.
     """
     message = f"Expected {name} to be {ndim} positive integers. Received: {name}={value!r}"
-    if isinstance(value, (str, bytes)):
-        raise TypeError(message)
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise TypeError(message) from None
-    if len(items) != ndim or not all(_is_int(s) and s >= 1 for s in items):
+    items = _items(value, ndim=ndim, message=message, not_a_sequence=TypeError)
+    if not all(_is_int(s) and s >= 1 for s in items):
         raise ValueError(message)
     return tuple(int(s) for s in items)
 
@@ -186,18 +194,10 @@ def check_spacing(value: Any, *, name: str = "spacing_mm", ndim: int = 3) -> tup
         ValueError: not a sequence of ``ndim`` positive finite numbers.
     """
     message = f"Expected {name} to be {ndim} positive finite numbers (mm). Received: {name}={value!r}"
-    if isinstance(value, (str, bytes)):
+    items = _items(value, ndim=ndim, message=message, not_a_sequence=ValueError)
+    if not all(_is_number(v) and math.isfinite(float(v)) and float(v) > 0 for v in items):
         raise ValueError(message)
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise ValueError(message) from None
-    if len(items) != ndim or not all(_is_number(v) for v in items):
-        raise ValueError(message)
-    floats = tuple(float(v) for v in items)
-    if not all(math.isfinite(v) and v > 0 for v in floats):
-        raise ValueError(message)
-    return floats
+    return tuple(float(v) for v in items)
 
 
 def check_affine(value: Any, *, name: str = "affine") -> np.ndarray:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segmentation.tf_env import ALBUMENTATIONS_UPDATE_VARIABLE, LOG_LEVEL_VARIABLE, ONEDNN_VARIABLE
 from test_train import TINY, _KillAfter, _write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,8 @@ RUN_SET = [*TINY, "train.deterministic=true", "train.tensorboard_images=false",
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # as a user's shell: lungseg chooses itself
+    for name in (ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE, ALBUMENTATIONS_UPDATE_VARIABLE):
+        env.pop(name, None)  # set by conftest's configure_process; as a user's shell: lungseg chooses
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
