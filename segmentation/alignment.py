@@ -37,7 +37,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff
 from scipy import ndimage, sparse
 
-from segmentation.validation import check_affine, check_spacing
+from segmentation.validation import check_affine, check_float, check_int, check_spacing
 
 __all__ = [
     "ShapeMismatchError",
@@ -184,8 +184,7 @@ def separate_slice_axis(
     Raises:
         ValueError: For bad spacings or ``anisotropy_ratio <= 1``.
     """
-    if not (isinstance(anisotropy_ratio, (int, float)) and math.isfinite(anisotropy_ratio) and anisotropy_ratio > 1):
-        raise ValueError(f"Expected anisotropy_ratio > 1. Received: anisotropy_ratio={anisotropy_ratio!r}")
+    check_float(anisotropy_ratio, name="anisotropy_ratio", minimum=1, low_open=True)
     candidates = [check_spacing(spacing_mm, name="spacing_mm")]
     if target_spacing_mm is not None:
         candidates.append(check_spacing(target_spacing_mm, name="target_spacing_mm"))
@@ -253,8 +252,7 @@ def resample_to_shape(
     if array.ndim != 3:
         raise ValueError(f"Expected array of shape (I, J, K). Received: array.shape={array.shape}")
     out_shape = _shape3(out_shape, name="out_shape")
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= order <= 5:
-        raise ValueError(f"Expected order to be an int in [0, 5]. Received: order={order!r}")
+    check_int(order, name="order", minimum=0, maximum=5)
     if slice_axis is not None and slice_axis not in (0, 1, 2):
         raise ValueError(f"Expected slice_axis in (0, 1, 2) or None. Received: slice_axis={slice_axis!r}")
     values = array.astype(np.float32, copy=False)

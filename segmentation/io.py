@@ -33,6 +33,7 @@ from nibabel.orientations import (
 )
 
 from segmentation.alignment import Geometry, Reorient
+from segmentation.validation import check_float
 
 __all__ = [
     "METAIMAGE_SUFFIXES",
@@ -726,8 +727,7 @@ def check_pair(
             raise TypeError(
                 f"Expected {name} to be a Volume. Received: {name}={type(value).__name__}"
             )
-    if not (isinstance(atol_mm, (int, float)) and np.isfinite(atol_mm) and atol_mm >= 0):
-        raise ValueError(f"Expected atol_mm to be a finite number >= 0. Received: atol_mm={atol_mm!r}")
+    check_float(atol_mm, name="atol_mm", minimum=0)
     pair = f"image {_where(image.path)} and mask {_where(mask.path)}"
     if image.array.shape != mask.array.shape:
         raise VolumeError(

@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmentation.metrics import check_mask, check_options
-from segmentation.validation import check_affine
+from segmentation.validation import check_affine, check_int
 
 __all__ = [
     "FRAMES",
@@ -530,9 +530,7 @@ def recall_by_attribute(lesions: Sequence[Mapping], *, attribute_names: Sequence
         attribute -> value (sorted) -> ``{"recall", "count", "detected"}``; only values that
         occur are listed, so ``count >= 1``. An attribute that no lesion has maps to ``{}``.
     """
-    if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
-        raise ValueError(f"Expected max_values to be an int >= 1. Received: "
-                         f"max_values={max_values!r}")
+    check_int(max_values, name="max_values", minimum=1)
     out: dict[str, dict] = {}
     for name in attribute_names:
         counts: dict[str, list[int]] = {}

@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from segmentation.dataset import INCOMPLETE_MARKER
 from segmentation.io import atomic_write
-from segmentation.validation import check_int
+from segmentation.validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -909,9 +909,7 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
 
 def _check_scanner(noise_scale: float, kernel: str) -> float:
     """Validates the scanner options; returns the kernel's point-spread width factor."""
-    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) \
-            or not 0.0 <= float(noise_scale) <= 4.0:
-        raise ValueError(f"Expected noise_scale in [0, 4]. Received: noise_scale={noise_scale!r}")
+    check_float(noise_scale, name="noise_scale", minimum=0, maximum=4)
     if kernel not in KERNELS:
         raise ValueError(f"Expected kernel in {tuple(KERNELS)}. Received: kernel={kernel!r}")
     return KERNELS[kernel]
