@@ -105,7 +105,7 @@ def check_float(value: Any, *, name: str, minimum: float | None = None,
         raise TypeError(f"Expected {name} to be a number. Received: {name}={value!r}")
     number = float(value)
     if not math.isfinite(number):
-        raise error(f"Expected {name} to be finite. Received: {name}={value!r}")
+        raise error(f"Expected {name} to be a finite number. Received: {name}={value!r}")
     if not _inside(number, minimum, maximum, low_open=low_open, high_open=high_open):
         bounds = _bounds(minimum, maximum, low_open=low_open, high_open=high_open)
         raise error(f"Expected {name} {bounds}. Received: {name}={value!r}")

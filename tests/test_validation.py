@@ -54,8 +54,8 @@ def test_check_float_accepts(value, kwargs):
 @pytest.mark.parametrize("value, kwargs, match", [
     (0.0, {"minimum": 0.0, "low_open": True}, r"Expected x > 0\.0\. Received: x=0\.0"),
     (1.0, {"minimum": 0.0, "maximum": 1.0, "high_open": True}, r"Expected x in \[0\.0, 1\.0\)"),
-    (math.nan, {}, "Expected x to be finite"),
-    (math.inf, {"minimum": 0.0}, "Expected x to be finite"),
+    (math.nan, {}, "Expected x to be a finite number"),
+    (math.inf, {"minimum": 0.0}, "Expected x to be a finite number"),
 ])
 def test_check_float_rejects(value, kwargs, match):
     with pytest.raises(ValueError, match=match):
