@@ -34,11 +34,7 @@ total stop the step with ``tf.errors.InvalidArgumentError`` naming the check,
 the component and the training step.
 """
 
-from segmentation.tf_env import prefer_onednn
-
-prefer_onednn()  # before TensorFlow is imported
-
-from losses._align import align_shapes  # noqa: E402
+from losses._align import align_shapes
 from losses.bce import BCELoss
 from losses.callbacks import (ComponentMetric, LossWeightScheduler, component_metrics,
                               loss_callbacks)

@@ -115,7 +115,7 @@ def align_shapes(y_true: Any, y_pred: Any) -> tuple[Any, Any]:
 
 def _assert_same_shape_tf(y_true, y_pred, true_shape, pred_shape):
     """Runtime shape check for dimensions unknown at trace time (TF only)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # TensorFlow backend only: the losses are keras.ops otherwise
 
     check = tf.debugging.assert_equal(
         tf.shape(y_true)[:-1],

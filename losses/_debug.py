@@ -32,7 +32,7 @@ def make_step_variable(name: str) -> keras.Variable:
 
 
 def after(x: Any, deps: list) -> Any:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # debug mode on the TensorFlow backend only
 
     if not deps:
         return x
@@ -42,7 +42,7 @@ def after(x: Any, deps: list) -> Any:
 
 def check_inputs(y_true: Any, y_pred: Any, *, loss_name: str, step: keras.Variable):
     """Checks labels in [0, 1] and finite predictions; returns guarded tensors."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # debug mode on the TensorFlow backend only
 
     step_value = step.value
     labels_ok = tf.logical_and(
@@ -73,7 +73,7 @@ def check_inputs(y_true: Any, y_pred: Any, *, loss_name: str, step: keras.Variab
 
 def check_finite(value: Any, *, component: str, loss_name: str, step: keras.Variable) -> Any:
     """Stops the step if ``value`` has a NaN/Inf; the error names ``component``."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # debug mode on the TensorFlow backend only
 
     check = tf.debugging.Assert(
         tf.reduce_all(tf.math.is_finite(value)),

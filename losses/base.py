@@ -8,31 +8,7 @@ import keras
 
 from losses import _debug
 from losses._align import align_shapes
-
-
-def check_bool(value: Any, name: str) -> bool:
-    """Validates a boolean option."""
-    if not isinstance(value, bool):
-        raise TypeError(f"Expected a bool. Received: {name}={value!r}")
-    return value
-
-
-def check_number(value: Any, name: str, *, minimum: float | None = None,
-                 maximum: float | None = None, strict_minimum: bool = False) -> float:
-    """Validates a finite real number in an optional range; returns a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Expected a number. Received: {name}={value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"Expected a finite number. Received: {name}={value}")
-    if minimum is not None:
-        bad = value <= minimum if strict_minimum else value < minimum
-        if bad:
-            sign = ">" if strict_minimum else ">="
-            raise ValueError(f"Expected {name} {sign} {minimum}. Received: {name}={value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"Expected {name} <= {maximum}. Received: {name}={value}")
-    return value
+from segmentation.validation import check_bool
 
 
 class BinaryLoss(keras.losses.Loss):
@@ -55,8 +31,8 @@ class BinaryLoss(keras.losses.Loss):
     def __init__(self, *, from_logits: bool = True, debug: bool = False,
                  reduction: str | None = "sum_over_batch_size", name: str | None = None):
         super().__init__(name=name, reduction=reduction, dtype="float32")
-        self.from_logits = check_bool(from_logits, "from_logits")
-        self.debug = check_bool(debug, "debug")
+        self.from_logits = check_bool(from_logits, name="from_logits")
+        self.debug = check_bool(debug, name="debug")
         if self.debug:
             _debug.require_tensorflow(self.name)
             self.debug_step = _debug.make_step_variable(self.name)

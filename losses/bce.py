@@ -7,7 +7,8 @@ from typing import Any
 import keras
 
 from losses import functional
-from losses.base import BinaryLoss, check_number
+from losses.base import BinaryLoss
+from segmentation.validation import check_float
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
@@ -28,7 +29,7 @@ class BCELoss(BinaryLoss):
         super().__init__(from_logits=from_logits, debug=debug, reduction=reduction, name=name)
         self.pos_weight = (
             None if pos_weight is None
-            else check_number(pos_weight, "pos_weight", minimum=0.0, strict_minimum=True)
+            else check_float(pos_weight, name="pos_weight", minimum=0.0, low_open=True)
         )
 
     def per_sample(self, y_true: Any, y_pred: Any) -> Any:

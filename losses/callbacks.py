@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from losses._align import align_shapes
 from losses.base import BinaryLoss
 from losses.hybrid import HybridLoss
 
@@ -45,8 +46,6 @@ class ComponentMetric(keras.metrics.Mean):
         self.component = component
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None):
-        from losses._align import align_shapes  # pylint: disable=import-outside-toplevel
-
         y_true, y_pred = align_shapes(y_true, y_pred)
         values = self.component.per_sample(y_true, y_pred)
         return super().update_state(values, sample_weight=sample_weight)

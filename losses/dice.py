@@ -7,7 +7,8 @@ from typing import Any
 import keras
 
 from losses import functional
-from losses.base import BinaryLoss, check_bool, check_number
+from losses.base import BinaryLoss
+from segmentation.validation import check_bool, check_float
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
@@ -38,10 +39,10 @@ class DiceLoss(BinaryLoss):
                  skip_empty: bool = False, from_logits: bool = True, debug: bool = False,
                  reduction: str | None = "sum_over_batch_size", name: str = "dice_loss"):
         super().__init__(from_logits=from_logits, debug=debug, reduction=reduction, name=name)
-        self.smooth = check_number(smooth, "smooth", minimum=0.0, strict_minimum=True)
-        self.batch = check_bool(batch, "batch")
-        self.squared = check_bool(squared, "squared")
-        self.skip_empty = check_bool(skip_empty, "skip_empty")
+        self.smooth = check_float(smooth, name="smooth", minimum=0.0, low_open=True)
+        self.batch = check_bool(batch, name="batch")
+        self.squared = check_bool(squared, name="squared")
+        self.skip_empty = check_bool(skip_empty, name="skip_empty")
         functional.check_dice_options(batch=self.batch, skip_empty=self.skip_empty)
 
     def per_sample(self, y_true: Any, y_pred: Any) -> Any:

@@ -7,7 +7,8 @@ from typing import Any
 import keras
 
 from losses import functional
-from losses.base import BinaryLoss, check_number
+from losses.base import BinaryLoss
+from segmentation.validation import check_float
 
 
 @keras.saving.register_keras_serializable(package="lungseg")
@@ -30,8 +31,10 @@ class FocalLoss(BinaryLoss):
                  from_logits: bool = True, debug: bool = False,
                  reduction: str | None = "sum_over_batch_size", name: str = "focal_loss"):
         super().__init__(from_logits=from_logits, debug=debug, reduction=reduction, name=name)
-        self.alpha = None if alpha is None else check_number(alpha, "alpha", minimum=0.0, maximum=1.0)
-        self.gamma = check_number(gamma, "gamma", minimum=0.0)
+        if alpha is not None:  # two checks: the message names the bound that is broken
+            alpha = check_float(check_float(alpha, name="alpha", minimum=0.0), name="alpha", maximum=1.0)
+        self.alpha = alpha
+        self.gamma = check_float(gamma, name="gamma", minimum=0.0)
 
     def per_sample(self, y_true: Any, y_pred: Any) -> Any:
         return functional.focal_loss(

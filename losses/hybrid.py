@@ -32,9 +32,10 @@ from keras import ops
 
 from losses import _debug
 from losses._align import align_shapes
-from losses.base import BinaryLoss, check_bool, check_number
+from losses.base import BinaryLoss
 from losses.bce import BCELoss
 from losses.dice import DiceLoss
+from segmentation.validation import check_bool, check_float
 
 WEIGHTINGS = ("fixed", "linear", "learned")
 
@@ -47,7 +48,7 @@ def _check_weights(weights: Any, name: str, n_components: int) -> list[float]:
         raise ValueError(
             f"Expected {n_components} weights, one per component. Received: {name}={weights}"
         )
-    return [check_number(w, f"{name}[{i}]", minimum=0.0) for i, w in enumerate(weights)]
+    return [check_float(w, name=f"{name}[{i}]", minimum=0.0) for i, w in enumerate(weights)]
 
 
 def ramp_weights(epoch: int, *, weights: Sequence[float], final_weights: Sequence[float],
@@ -103,8 +104,8 @@ class HybridLoss(keras.losses.Loss):
                  debug: bool = False, reduction: str | None = "sum_over_batch_size",
                  name: str = "hybrid_loss"):
         super().__init__(name=name, reduction=reduction, dtype="float32")
-        self.from_logits = check_bool(from_logits, "from_logits")
-        self.debug = check_bool(debug, "debug")
+        self.from_logits = check_bool(from_logits, name="from_logits")
+        self.debug = check_bool(debug, name="debug")
         default_components = components is None
         if default_components:
             components = [BCELoss(from_logits=from_logits), DiceLoss(from_logits=from_logits)]
@@ -125,8 +126,8 @@ class HybridLoss(keras.losses.Loss):
             )
         self.weighting = weighting
         self._check_mode_arguments(final_weights, ramp_epochs, initial_log_vars)
-        self.log_var_learning_rate = check_number(
-            log_var_learning_rate, "log_var_learning_rate", minimum=0.0, strict_minimum=True
+        self.log_var_learning_rate = check_float(
+            log_var_learning_rate, name="log_var_learning_rate", minimum=0.0, low_open=True
         )
         self.final_weights = None
         self.ramp_epochs = None
@@ -293,4 +294,4 @@ def _check_log_vars(values: Any, n: int) -> list[float]:
         raise ValueError(
             f"Expected {n} initial_log_vars, one per component. Received: initial_log_vars={values!r}"
         )
-    return [check_number(v, f"initial_log_vars[{i}]") for i, v in enumerate(values)]
+    return [check_float(v, name=f"initial_log_vars[{i}]") for i, v in enumerate(values)]

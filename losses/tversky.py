@@ -7,7 +7,8 @@ from typing import Any
 import keras
 
 from losses import functional
-from losses.base import BinaryLoss, check_bool, check_number
+from losses.base import BinaryLoss
+from segmentation.validation import check_bool, check_float
 
 FOCAL_TVERSKY_GAMMA = 0.75  # Abraham and Khan's 1/gamma with gamma = 4/3
 
@@ -35,15 +36,15 @@ class TverskyLoss(BinaryLoss):
                  debug: bool = False, reduction: str | None = "sum_over_batch_size",
                  name: str = "tversky_loss"):
         super().__init__(from_logits=from_logits, debug=debug, reduction=reduction, name=name)
-        self.alpha = check_number(alpha, "alpha", minimum=0.0)
-        self.beta = check_number(beta, "beta", minimum=0.0)
+        self.alpha = check_float(alpha, name="alpha", minimum=0.0)
+        self.beta = check_float(beta, name="beta", minimum=0.0)
         if self.alpha + self.beta == 0.0:
             raise ValueError(
                 f"Expected alpha + beta > 0. Received: alpha={self.alpha}, beta={self.beta}"
             )
-        self.gamma = check_number(gamma, "gamma", minimum=0.0, strict_minimum=True)
-        self.smooth = check_number(smooth, "smooth", minimum=0.0, strict_minimum=True)
-        self.batch = check_bool(batch, "batch")
+        self.gamma = check_float(gamma, name="gamma", minimum=0.0, low_open=True)
+        self.smooth = check_float(smooth, name="smooth", minimum=0.0, low_open=True)
+        self.batch = check_bool(batch, name="batch")
 
     @property
     def component_name(self) -> str:

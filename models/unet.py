@@ -29,6 +29,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from segmentation.validation import check_int
+
 __all__ = ["build_unet", "count_params", "estimate_flops", "group_count"]
 
 _NORMS = ("batch", "instance", "group")
@@ -43,14 +45,6 @@ _SPATIAL_DROPOUT = {2: layers.SpatialDropout2D, 3: layers.SpatialDropout3D}
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_int(value, *, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an int. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_filters(filters) -> tuple[int, ...]:
@@ -115,8 +109,8 @@ def group_count(channels: int, *, max_groups: int = _MAX_GROUPS) -> int:
     The largest divisor of ``channels`` that is at most ``max_groups`` (8 for 16 channels,
     4 for 4 channels, 6 for 12 channels), so that every group has the same size.
     """
-    channels = _check_int(channels, name="channels", minimum=1)
-    max_groups = _check_int(max_groups, name="max_groups", minimum=1)
+    channels = check_int(channels, name="channels", minimum=1)
+    max_groups = check_int(max_groups, name="max_groups", minimum=1)
     return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
 
 
@@ -236,7 +230,7 @@ def build_unet(
         raise ValueError(
             f"Expected spatial_dims to be 2 or 3. Received: spatial_dims={spatial_dims!r}"
         )
-    in_channels = _check_int(in_channels, name="in_channels", minimum=1)
+    in_channels = check_int(in_channels, name="in_channels", minimum=1)
     filters = _check_filters(filters)
     if norm not in _NORMS:
         raise ValueError(f"Expected norm to be one of {_NORMS}. Received: norm={norm!r}")

@@ -1,5 +1,5 @@
-"""lungseg: pipelines."""
+"""lungseg: pipelines (the commands behind ``lungseg``; `pipelines.cli` is the command line).
 
-from segmentation.tf_env import prefer_onednn
-
-prefer_onednn()  # before TensorFlow is imported
+Importing this package loads no TensorFlow and changes no environment variable: the CLI's
+`pipelines.cli.main` calls `segmentation.tf_env.configure_process` first.
+"""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from segmentation.sampling import _check_int  # one validation helper for both layers
+from segmentation.validation import check_int
 
 __all__ = ["augmentation_seed", "make_patch_dataset", "measure_pipeline_throughput"]
 
@@ -79,9 +79,9 @@ def make_patch_dataset(
         Dataset of ``(image (B, *patch, C) float32, mask (B, *patch, 1) float32)``
         with static shapes.
     """
-    batch_size = _check_int(batch_size, name="batch_size", minimum=1)
-    seed = _check_int(seed, name="seed", minimum=0)
-    start_index = _check_int(start_index, name="start_index", minimum=0)
+    batch_size = check_int(batch_size, name="batch_size", minimum=1)
+    seed = check_int(seed, name="seed", minimum=0)
+    start_index = check_int(start_index, name="start_index", minimum=0)
     if not callable(getattr(sampler, "sample", None)):
         raise TypeError(f"Expected sampler to have a sample(index) method. Received: sampler={sampler!r}")
     if augmenter is not None and not callable(augmenter):
@@ -123,8 +123,8 @@ def measure_pipeline_throughput(dataset: tf.data.Dataset, *, n_batches: int, war
     Returns:
         Patches (first dimension of the image batches) per second.
     """
-    n_batches = _check_int(n_batches, name="n_batches", minimum=1)
-    warmup_batches = _check_int(warmup_batches, name="warmup_batches", minimum=0)
+    n_batches = check_int(n_batches, name="n_batches", minimum=1)
+    warmup_batches = check_int(warmup_batches, name="warmup_batches", minimum=0)
     iterator = iter(dataset)
     patches, start = 0, time.perf_counter()
     for n in range(warmup_batches + n_batches):

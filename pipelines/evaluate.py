@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,7 @@ from segmentation import nodule_attributes
 from segmentation.io import NIFTI_SUFFIXES, Volume, atomic_write, read_volume
 from segmentation.preflight import check_output_dir
 
-__all__ = ["EvaluationError", "evaluate", "find_pairs", "align_to_truth", "bench_evaluate",
-           "REPORT_FILES"]
+__all__ = ["EvaluationError", "evaluate", "find_pairs", "align_to_truth", "REPORT_FILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +490,7 @@ def _save_figure(figure: Any, path: Path) -> None:
 
 
 def _new_figure() -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy (~0.5 s), for plots only
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4.5))
@@ -662,43 +660,3 @@ def _attribute_lines(summary: dict) -> list[str]:
               "unmatched; a lesion claimed by several rows keeps the best (inside, then "
               "nearer), the others are reported as duplicates."]
     return lines
-
-
-# --------------------------------------------------------------------------- benchmark
-def bench_evaluate(*, shape: Sequence[int] = (512, 512, 300),
-                   spacing_mm: Sequence[float] = (0.7, 0.7, 1.0), seed: int = 0,
-                   repeats: int = 1) -> dict:
-    """Times :func:`segmentation.metrics.evaluate_case` on one synthetic case pair.
-
-    The pair holds six spherical nodules (3-25 mm) spread over the scan, a shifted prediction of
-    each and two false-positive blobs, plus a probability map.
-
-    Returns:
-        ``{"shape", "seconds" (best of repeats), "seconds_all", "n_lesions", "dice"}``.
-    """
-    rng = np.random.default_rng(seed)
-    shape = tuple(int(s) for s in shape)
-    spacing = np.asarray(spacing_mm, dtype=float)
-    truth = np.zeros(shape, dtype=bool)
-    pred = np.zeros(shape, dtype=bool)
-    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
-
-    def ball(centre: np.ndarray, diameter_mm: float) -> np.ndarray:
-        return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= (
-            diameter_mm / 2) ** 2
-
-    for diameter in (3.0, 5.0, 8.0, 12.0, 18.0, 25.0):
-        centre = rng.uniform(0.15, 0.85, size=3) * np.asarray(shape)
-        truth |= ball(centre, diameter)
-        pred |= ball(centre + rng.normal(0, 1, size=3), diameter * rng.uniform(0.8, 1.2))
-    for _ in range(2):
-        pred |= ball(rng.uniform(0.1, 0.9, size=3) * np.asarray(shape), 6.0)
-    probs = np.where(pred, np.float32(0.9), np.float32(0.05))
-    truth_u8, pred_u8 = truth.astype(np.uint8), pred.astype(np.uint8)
-    times, result = [], None
-    for _ in range(max(1, int(repeats))):
-        start = time.perf_counter()
-        result = metrics.evaluate_case(truth_u8, pred_u8, spacing_mm=tuple(spacing), probs=probs)
-        times.append(time.perf_counter() - start)
-    return {"shape": list(shape), "seconds": min(times), "seconds_all": times,
-            "n_lesions": result.n_lesions, "dice": result.voxel["dice"]}

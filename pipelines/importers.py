@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from segmentation.dicom import read_dicom_series
 from segmentation.io import Volume, atomic_write, write_volume
+from segmentation.lidc import NODULE_COLUMNS, POINT_COLUMNS, build_case, parse_lidc_xml
+from segmentation.lidc_tree import find_lidc_series, slice_index
+from segmentation.luna16 import ras_nodules, read_annotations, sphere_mask
+from segmentation.metaimage import read_metaimage
+from segmentation.validation import check_float, check_int
 
 __all__ = ["LUNA16_NODULE_COLUMNS", "import_lidc", "import_luna16", "write_case"]
 
@@ -53,9 +60,7 @@ def _path(value: Any, *, option: str) -> Path:
 def _check_workers(workers: Any) -> int:
     if workers is None:
         return max(1, min(4, os.cpu_count() or 1))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"Expected --workers to be an integer >= 1. Received: --workers={workers!r}")
-    return workers
+    return check_int(workers, name="--workers", minimum=1)
 
 
 def _prepare_out(out: Path, *, overwrite: bool) -> None:
@@ -104,8 +109,6 @@ def write_case(volume: Volume, mask_source: np.ndarray | None, *, image_path: Pa
 def _run_all(function: Callable[..., dict], tasks: Sequence[dict], *, workers: int,
              desc: str) -> list[dict]:
     """Runs ``function(**task)`` for every task; a failure becomes ``{"error": ...}``."""
-    from tqdm import tqdm
-
     results: list[dict] = []
     bar = tqdm(total=len(tasks), desc=desc, unit="scan", disable=not sys.stderr.isatty())
     try:
@@ -207,9 +210,6 @@ Source: the LUNA16 scans (MetaImage `.mhd`/`.raw`, {n_scans} scan(s) written) an
 
 def _luna16_case(*, case_id: str, source: Path, nodules_ras: np.ndarray, out: str,
                  sphere: bool) -> dict:
-    from segmentation.luna16 import sphere_mask
-    from segmentation.metaimage import read_metaimage
-
     volume = read_metaimage(source)
     out_dir = Path(out)
     rows, mask = [], None
@@ -267,8 +267,6 @@ def import_luna16(*, input_dir: str | os.PathLike, annotations: str | os.PathLik
         ValueError: Bad option, no scan found, duplicate seriesuid, an existing dataset
             without ``overwrite``; `segmentation.luna16.Luna16Error` for a bad annotations file.
     """
-    from segmentation.luna16 import ras_nodules, read_annotations
-
     if mask not in ("sphere", "none"):
         raise ValueError(f"Expected --mask to be 'sphere' or 'none'. Received: --mask={mask!r}")
     workers = _check_workers(workers)
@@ -336,10 +334,6 @@ Written by `lungseg import lidc` from {n_scans} CT series (DICOM) and their read
 
 def _lidc_case(*, case_id: str, source: Path, xml: Path, out: str, consensus: float,
                min_readers: int) -> dict:
-    from segmentation.dicom import read_dicom_series
-    from segmentation.lidc import build_case, parse_lidc_xml
-    from segmentation.lidc_tree import slice_index
-
     reading = parse_lidc_xml(xml)
     volume = read_dicom_series(source)
     index = slice_index(source, affine=volume.source_affine, shape=volume.source_shape)
@@ -372,13 +366,8 @@ def import_lidc(*, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Raises:
         ValueError: Bad option, nothing to import, an existing dataset without ``overwrite``.
     """
-    from segmentation.lidc import NODULE_COLUMNS, POINT_COLUMNS
-    from segmentation.lidc_tree import find_lidc_series
-
-    if isinstance(consensus, bool) or not isinstance(consensus, (int, float)) or not 0.0 < consensus <= 1.0:
-        raise ValueError(f"Expected --consensus in (0, 1]. Received: --consensus={consensus!r}")
-    if isinstance(min_readers, bool) or not isinstance(min_readers, int) or min_readers < 1:
-        raise ValueError(f"Expected --min-readers to be an integer >= 1. Received: --min-readers={min_readers!r}")
+    check_float(consensus, name="--consensus", minimum=0.0, maximum=1.0, low_open=True)
+    min_readers = check_int(min_readers, name="--min-readers", minimum=1)
     workers = _check_workers(workers)
     root = _path(input_dir, option="--input")
     series, notes = find_lidc_series(root, cases=cases)

@@ -54,7 +54,7 @@ def _path(value: Any, *, option: str) -> Path:
 
 
 def _plot(path: Path, result: dict) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy (~0.5 s), for plots only
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4.5))

@@ -2,10 +2,10 @@
 
 Two halves:
 
-* Array plumbing. :func:`pad_to_multiple` / :func:`unpad`, :func:`to_model_input` /
-  :func:`from_model_output` (the one place where the batch and channel axes of the NDHWC
-  model layout are added and removed) and :func:`align`, which brings a ground-truth mask
-  and a prediction to the same ``(D, H, W)`` layout or raises :class:`ShapeMismatchError`.
+* Array plumbing. :func:`unpad` (the undo of a :class:`Pad`), :func:`add_channel_axis`
+  (the one place a channel axis is added: a training sample, a batch of sliding windows)
+  with :func:`to_model_input` (a single case: batch and channel axes) and
+  :func:`from_model_output` (the one place they are removed).
 * :class:`Geometry`: the record of every step between the source scan on disk and network
   space (:class:`Reorient`, :class:`Crop`, :class:`Resample`, :class:`Pad`). ``forward``
   applies the steps; ``inverse`` undoes them in reverse order so that a network-space
@@ -37,6 +37,8 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff
 from scipy import ndimage, sparse
 
+from segmentation.validation import check_affine, check_float, check_int, check_spacing
+
 __all__ = [
     "ShapeMismatchError",
     "Reorient",
@@ -45,11 +47,10 @@ __all__ = [
     "Pad",
     "Step",
     "Geometry",
-    "pad_to_multiple",
     "unpad",
+    "add_channel_axis",
     "to_model_input",
     "from_model_output",
-    "align",
     "body_bbox",
     "target_shape",
     "separate_slice_axis",
@@ -107,22 +108,6 @@ def _int_triple(value: Any, *, name: str) -> tuple[int, int, int]:
     return tuple(out)  # type: ignore[return-value]
 
 
-def _check_affine(affine: Any, *, name: str) -> np.ndarray:
-    """Validates a finite, invertible (4, 4) affine and returns a float64 read-only copy."""
-    array = np.array(affine, dtype=np.float64)
-    if array.shape != (4, 4) or not np.all(np.isfinite(array)):
-        raise ValueError(
-            f"Expected {name} to be a finite (4, 4) affine. Received: {name} with shape {array.shape}"
-        )
-    if not np.allclose(array[3], [0.0, 0.0, 0.0, 1.0]) or abs(np.linalg.det(array[:3, :3])) < 1e-12:
-        raise ValueError(
-            f"Expected {name} to be an invertible affine with last row [0, 0, 0, 1]. "
-            f"Received: {name}={array.tolist()}"
-        )
-    array.setflags(write=False)
-    return array
-
-
 def _check_spatial(array: np.ndarray, shape: tuple[int, ...], *, name: str) -> None:
     """Raises ShapeMismatchError when ``array`` does not have exactly ``shape``."""
     if array.ndim != 3 or tuple(array.shape) != tuple(shape):
@@ -171,19 +156,9 @@ def target_shape(
         ValueError: For a bad shape or a non-positive / non-finite spacing.
     """
     shape = _shape3(in_shape, name="in_shape")
-    spacing = _positive_triple(spacing_mm, name="spacing_mm")
-    target = _positive_triple(target_spacing_mm, name="target_spacing_mm")
+    spacing = check_spacing(spacing_mm, name="spacing_mm")
+    target = check_spacing(target_spacing_mm, name="target_spacing_mm")
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
-
-
-def _positive_triple(value: Any, *, name: str) -> tuple[float, float, float]:
-    try:
-        items = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers. Received: {name}={value!r}") from None
-    if len(items) != 3 or not all(math.isfinite(v) and v > 0 for v in items):
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers. Received: {name}={value!r}")
-    return items  # type: ignore[return-value]
 
 
 def separate_slice_axis(
@@ -209,11 +184,10 @@ def separate_slice_axis(
     Raises:
         ValueError: For bad spacings or ``anisotropy_ratio <= 1``.
     """
-    if not (isinstance(anisotropy_ratio, (int, float)) and math.isfinite(anisotropy_ratio) and anisotropy_ratio > 1):
-        raise ValueError(f"Expected anisotropy_ratio > 1. Received: anisotropy_ratio={anisotropy_ratio!r}")
-    candidates = [_positive_triple(spacing_mm, name="spacing_mm")]
+    check_float(anisotropy_ratio, name="anisotropy_ratio", minimum=1, low_open=True)
+    candidates = [check_spacing(spacing_mm, name="spacing_mm")]
     if target_spacing_mm is not None:
-        candidates.append(_positive_triple(target_spacing_mm, name="target_spacing_mm"))
+        candidates.append(check_spacing(target_spacing_mm, name="target_spacing_mm"))
     for spacing in candidates:
         finest = min(spacing)
         coarse = [axis for axis, s in enumerate(spacing) if s > anisotropy_ratio * finest]
@@ -278,8 +252,7 @@ def resample_to_shape(
     if array.ndim != 3:
         raise ValueError(f"Expected array of shape (I, J, K). Received: array.shape={array.shape}")
     out_shape = _shape3(out_shape, name="out_shape")
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= order <= 5:
-        raise ValueError(f"Expected order to be an int in [0, 5]. Received: order={order!r}")
+    check_int(order, name="order", minimum=0, maximum=5)
     if slice_axis is not None and slice_axis not in (0, 1, 2):
         raise ValueError(f"Expected slice_axis in (0, 1, 2) or None. Received: slice_axis={slice_axis!r}")
     values = array.astype(np.float32, copy=False)
@@ -576,7 +549,7 @@ class Resample:
 
 @dataclasses.dataclass(frozen=True)
 class Pad:
-    """Pad by ``pad_width`` ((before, after) per axis); the record of :func:`pad_to_multiple`.
+    """Pad by ``pad_width`` ((before, after) per axis), e.g. up to a multiple of ``2**depth``.
 
     Attributes:
         pad_width: 3 (before, after) pairs of non-negative ints.
@@ -656,7 +629,7 @@ class Geometry:
     def __post_init__(self) -> None:
         shape = _shape3(self.source_shape, name="source_shape")
         object.__setattr__(self, "source_shape", shape)
-        object.__setattr__(self, "source_affine", _check_affine(self.source_affine, name="source_affine"))
+        object.__setattr__(self, "source_affine", check_affine(self.source_affine, name="source_affine"))
         steps = tuple(self.steps)
         current = shape
         for index, step in enumerate(steps):
@@ -829,7 +802,7 @@ def body_bbox(
 
 
 # --------------------------------------------------------------------------------------------
-# Array plumbing: padding, batch/channel axes, alignment
+# Array plumbing: padding, batch/channel axes
 # --------------------------------------------------------------------------------------------
 
 
@@ -850,62 +823,8 @@ def _check_pad_width(pad_width: Any, *, ndim: int | None, name: str = "pad_width
     return tuple((int(a), int(b)) for a, b in pairs)
 
 
-def pad_to_multiple(
-    array: np.ndarray,
-    multiple: int | Sequence[int],
-    *,
-    mode: str = "constant",
-    value: float = 0.0,
-    min_shape: Sequence[int] | None = None,
-    spatial_dims: int | None = None,
-) -> tuple[np.ndarray, tuple[tuple[int, int], ...]]:
-    """Pads the spatial axes up to a multiple of ``multiple`` (and at least ``min_shape``).
-
-    The padding is split evenly, the extra voxel going after (content stays centred).
-
-    Args:
-        array: ndarray of shape (I, J, K) or (I, J, K, C); spatial axes come first.
-        multiple: Positive int, or one per spatial axis (e.g. ``2 ** depth`` of a U-Net).
-        mode: ``numpy.pad`` mode.
-        value: Constant for ``mode="constant"``.
-        min_shape: Optional minimum spatial shape (e.g. a sliding-window size).
-        spatial_dims: Number of leading spatial axes; default 3 when ``array.ndim >= 3``,
-            else ``array.ndim`` (pass 2 for an (H, W, C) image).
-
-    Returns:
-        ``(padded, pad_width)``: ``pad_width`` has one (before, after) pair per spatial axis
-        and is what :func:`unpad` and :class:`Pad` take.
-
-    Raises:
-        ValueError: For a bad multiple, min_shape or spatial_dims.
-    """
-    array = np.asarray(array)
-    ndim = spatial_dims if spatial_dims is not None else (3 if array.ndim >= 3 else array.ndim)
-    if isinstance(ndim, bool) or not isinstance(ndim, (int, np.integer)) or not 1 <= ndim <= array.ndim:
-        raise ValueError(
-            f"Expected spatial_dims in [1, array.ndim]. Received: spatial_dims={spatial_dims!r}, "
-            f"array.shape={array.shape}"
-        )
-    multiples = (multiple,) * ndim if isinstance(multiple, (int, np.integer)) else tuple(multiple)
-    if len(multiples) != ndim or any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in multiples):
-        raise ValueError(f"Expected multiple to be a positive int or {ndim} of them. Received: multiple={multiple!r}")
-    minimum = (1,) * ndim if min_shape is None else tuple(min_shape)
-    if len(minimum) != ndim or any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in minimum):
-        raise ValueError(f"Expected min_shape to be {ndim} positive ints. Received: min_shape={min_shape!r}")
-    pad_width = []
-    for n, m, low in zip(array.shape[:ndim], multiples, minimum):
-        target = max(n, int(low))
-        target = -(-target // int(m)) * int(m)
-        extra = target - n
-        pad_width.append((extra // 2, extra - extra // 2))
-    full = pad_width + [(0, 0)] * (array.ndim - ndim)
-    kwargs = {"constant_values": value} if mode == "constant" else {}
-    padded = np.pad(array, full, mode=mode, **kwargs)
-    return padded, tuple(pad_width)
-
-
 def unpad(array: np.ndarray, pad_width: Sequence[Sequence[int]]) -> np.ndarray:
-    """Removes the padding of :func:`pad_to_multiple` (leading axes; trailing axes untouched).
+    """Removes the padding of a :class:`Pad` step (leading axes; trailing axes untouched).
 
     Args:
         array: ndarray with at least ``len(pad_width)`` axes.
@@ -927,10 +846,26 @@ def unpad(array: np.ndarray, pad_width: Sequence[Sequence[int]]) -> np.ndarray:
     return array[tuple(slice(a, n - b) for (a, b), n in zip(pairs, array.shape))]
 
 
+def add_channel_axis(array: np.ndarray) -> np.ndarray:
+    """Adds a trailing channel axis of size 1: ``(*shape)`` -> ``(*shape, 1)``.
+
+    The one place a channel axis is added: a training sample ``(*patch_size)`` (tf.data adds
+    the batch axis), a stack of sliding windows ``(B, *window)``, a single case in
+    :func:`to_model_input`.
+
+    Args:
+        array: ndarray of any shape.
+
+    Returns:
+        A view of ``array`` with one more axis, same dtype.
+    """
+    return np.asarray(array)[..., np.newaxis]
+
+
 def to_model_input(array: np.ndarray) -> np.ndarray:
     """Adds the batch (and channel) axes: (I, J, K) -> (1, I, J, K, 1); (I, J, K, C) -> (1, I, J, K, C).
 
-    The one place where these axes are added.
+    The batch axis of a single case; the channel axis through :func:`add_channel_axis`.
 
     Args:
         array: Real ndarray of shape (I, J, K) or (I, J, K, C).
@@ -943,7 +878,7 @@ def to_model_input(array: np.ndarray) -> np.ndarray:
     """
     array = np.asarray(array)
     if array.ndim == 3:
-        array = array[..., np.newaxis]
+        array = add_channel_axis(array)
     elif array.ndim != 4:
         raise ValueError(f"Expected array of shape (I, J, K) or (I, J, K, C). Received: array.shape={array.shape}")
     return np.ascontiguousarray(array[np.newaxis], dtype=np.float32)
@@ -967,40 +902,3 @@ def from_model_output(array: np.ndarray) -> np.ndarray:
     if array.ndim != 5 or array.shape[0] != 1:
         raise ValueError(f"Expected array of shape (1, I, J, K, C). Received: array.shape={array.shape}")
     return array[0, ..., 0] if array.shape[-1] == 1 else array[0]
-
-
-def _to_spatial(array: np.ndarray, *, name: str) -> np.ndarray:
-    if array.ndim == 3:
-        return array
-    if array.ndim == 4 and array.shape[-1] == 1:
-        return array[..., 0]
-    if array.ndim == 5 and array.shape[0] == 1 and array.shape[-1] == 1:
-        return array[0, ..., 0]
-    raise ValueError(
-        f"Expected {name} of shape (D, H, W), (D, H, W, 1) or (1, D, H, W, 1). Received: {name}.shape={array.shape}"
-    )
-
-
-def align(mask_true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Brings a ground-truth mask and a prediction to the same (D, H, W) layout.
-
-    Args:
-        mask_true: ndarray of shape (D, H, W), (D, H, W, 1) or (1, D, H, W, 1).
-        pred: ndarray of one of the same layouts (dtype untouched: probabilities stay float).
-
-    Returns:
-        ``(mask_true, pred)`` as (D, H, W) views, dtypes unchanged.
-
-    Raises:
-        ValueError: For any other layout.
-        ShapeMismatchError: When the spatial shapes differ (the message names both shapes).
-    """
-    truth = _to_spatial(np.asarray(mask_true), name="mask_true")
-    prediction = _to_spatial(np.asarray(pred), name="pred")
-    if truth.shape != prediction.shape:
-        raise ShapeMismatchError(
-            "Expected mask_true and pred with the same spatial shape. Received: "
-            f"mask_true.shape={np.shape(mask_true)} (spatial {truth.shape}), "
-            f"pred.shape={np.shape(pred)} (spatial {prediction.shape})"
-        )
-    return truth, prediction

@@ -28,22 +28,21 @@ in the image and 0 in the mask.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
-
 import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
-import cv2
 import numpy as np
 
 from segmentation.lesion_paste import LesionPasteSpec
 from segmentation.synthetic_nodules import SyntheticNoduleSpec
+from segmentation.validation import check_range
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 __all__ = ["AugmentSpec", "Augmenter", "build_augmenter"]
 
@@ -101,20 +100,6 @@ class AugmentSpec:
     synthetic_nodules: SyntheticNoduleSpec = field(default_factory=SyntheticNoduleSpec)
 
 
-def _check_range(spec: AugmentSpec, name: str, *, positive: bool) -> tuple[float, float]:
-    value = getattr(spec, name)
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Expected spec.{name} to be a (low, high) pair. Received: {name}={value!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi or (positive and lo <= 0):
-        raise ValueError(
-            f"Expected spec.{name} to be a finite (low, high) pair with low <= high"
-            f"{' and low > 0' if positive else ''}. Received: {name}={value!r}"
-        )
-    return lo, hi
-
-
 def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
     """Validates ``spec``; returns the flip axes that exist for ``spatial_dims``."""
     if not isinstance(spec, AugmentSpec):
@@ -134,12 +119,12 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
         raise ValueError(
             f"Expected spec.noise_std <= 1 (a fraction of the range). Received: noise_std={spec.noise_std!r}"
         )
-    _check_range(spec, "scale", positive=True)
+    check_range(spec.scale, name="spec.scale", positive=True)
     for name, kind in (("lesion_paste", LesionPasteSpec), ("synthetic_nodules", SyntheticNoduleSpec)):
         if not isinstance(getattr(spec, name), kind):
             raise TypeError(f"Expected spec.{name} to be a {kind.__name__}. Received: {name}={getattr(spec, name)!r}")
-    _check_range(spec, "gamma", positive=True)
-    _check_range(spec, "blur_sigma", positive=True)
+    check_range(spec.gamma, name="spec.gamma", positive=True)
+    check_range(spec.blur_sigma, name="spec.blur_sigma", positive=True)
     axes = tuple(spec.flip_axes)
     valid = all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a <= 2 for a in axes)
     if not valid or len(set(axes)) != len(axes):
@@ -149,7 +134,21 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
     return tuple(int(a) for a in axes if a < spatial_dims)
 
 
+def _albumentations() -> tuple[ModuleType, ModuleType]:
+    """albumentations and OpenCV, imported when an augmenter is built (not with the spec).
+
+    Lazy because they are heavy (~0.7 s) and a config only needs `AugmentSpec`, and because
+    albumentations checks PyPI for updates on import unless `segmentation.tf_env.
+    configure_process` (which sets ``NO_ALBUMENTATIONS_UPDATE``) ran first.
+    """
+    import albumentations  # heavy, and checks PyPI on import before configure_process
+    import cv2
+
+    return albumentations, cv2
+
+
 def _geometric_compose(spec: AugmentSpec) -> A.Compose | None:
+    A, cv2 = _albumentations()
     lo, hi = (float(s) for s in spec.scale)
     if spec.p_affine == 0 or (spec.rotate_deg == 0 and lo == hi == 1.0):
         return None
@@ -168,6 +167,7 @@ def _geometric_compose(spec: AugmentSpec) -> A.Compose | None:
 
 
 def _intensity_compose(spec: AugmentSpec) -> A.Compose | None:
+    A, _ = _albumentations()
     transforms: list[Any] = []
     if spec.p_intensity > 0 and (spec.brightness > 0 or spec.contrast > 0):
         transforms.append(

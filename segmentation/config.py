@@ -31,7 +31,9 @@ from typing import Any, Literal
 import yaml
 
 from segmentation.augmentation import AugmentSpec
+from segmentation.io import atomic_write
 from segmentation.preprocessing import PreprocessSpec
+from segmentation.validation import check_float, check_int
 
 __all__ = [
     "ConfigError",
@@ -95,7 +97,8 @@ class DataConfig:
     binarize_labels: bool = False
 
     def __post_init__(self) -> None:
-        _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_float(self.val_fraction, name="data.val_fraction",
+                    minimum=0.0, maximum=1.0, low_open=True, high_open=True, error=ConfigError)
         if self.n_folds == 1 or self.n_folds < 0:
             raise ConfigError(
                 f"Expected data.n_folds to be 0 (single split) or >= 2. Received: data.n_folds={self.n_folds}"
@@ -104,8 +107,8 @@ class DataConfig:
             raise ConfigError(
                 f"Expected data.fold in [0, {self.n_folds - 1}]. Received: data.fold={self.fold}"
             )
-        if self.max_val_cases is not None and self.max_val_cases < 1:
-            raise ConfigError(f"Expected data.max_val_cases >= 1 or null. Received: {self.max_val_cases}")
+        if self.max_val_cases is not None:
+            check_int(self.max_val_cases, name="data.max_val_cases", minimum=1, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +145,9 @@ class ModelConfig:
                 "Expected model.filters to hold at least two positive integers. "
                 f"Received: model.filters={list(self.filters)}"
             )
-        _check_range("model.dropout", self.dropout, 0.0, 1.0, high_open=True)
-        if self.context_slices < 0:
-            raise ConfigError(f"Expected model.context_slices >= 0. Received: {self.context_slices}")
+        check_float(self.dropout, name="model.dropout",
+                    minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
+        check_int(self.context_slices, name="model.context_slices", minimum=0, error=ConfigError)
         if self.context_slices and self.spatial_dims != 2:
             raise ConfigError(
                 "Expected model.context_slices = 0 for a 3D model (2.5D is a 2D option). "
@@ -188,13 +191,14 @@ class OptimConfig:
     clipnorm: float | None = 12.0
 
     def __post_init__(self) -> None:
-        _check_range("optim.learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
-        _check_range("optim.weight_decay", self.weight_decay, 0.0, math.inf)
-        _check_range("optim.momentum", self.momentum, 0.0, 1.0, high_open=True)
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"Expected optim.warmup_epochs >= 0. Received: {self.warmup_epochs}")
+        check_float(self.learning_rate, name="optim.learning_rate",
+                    minimum=0.0, low_open=True, error=ConfigError)
+        check_float(self.weight_decay, name="optim.weight_decay", minimum=0.0, error=ConfigError)
+        check_float(self.momentum, name="optim.momentum",
+                    minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
+        check_int(self.warmup_epochs, name="optim.warmup_epochs", minimum=0, error=ConfigError)
         if self.clipnorm is not None:
-            _check_range("optim.clipnorm", self.clipnorm, 0.0, math.inf, low_open=True)
+            check_float(self.clipnorm, name="optim.clipnorm", minimum=0.0, low_open=True, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,20 +255,15 @@ class TrainConfig:
                 f"Received: train.patch_size={list(self.patch_size)}"
             )
         for name in ("batch_size", "epochs", "steps_per_epoch", "val_every"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(f"Expected train.{name} >= 1. Received: train.{name}={value}")
-        _check_range("train.foreground_fraction", self.foreground_fraction, 0.0, 1.0)
-        if self.early_stopping_patience < 0:
-            raise ConfigError(
-                f"Expected train.early_stopping_patience >= 0. Received: {self.early_stopping_patience}"
-            )
+            check_int(getattr(self, name), name=f"train.{name}", minimum=1, error=ConfigError)
+        check_float(self.foreground_fraction, name="train.foreground_fraction",
+                    minimum=0.0, maximum=1.0, error=ConfigError)
+        check_int(self.early_stopping_patience, name="train.early_stopping_patience", minimum=0,
+                  error=ConfigError)
         if not self.best_metric:
             raise ConfigError("Expected train.best_metric to name at least one metric. Received: []")
-        if self.num_parallel_calls is not None and self.num_parallel_calls < 1:
-            raise ConfigError(
-                f"Expected train.num_parallel_calls >= 1 or null. Received: {self.num_parallel_calls}"
-            )
+        if self.num_parallel_calls is not None:
+            check_int(self.num_parallel_calls, name="train.num_parallel_calls", minimum=1, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,12 +304,14 @@ class InferenceConfig:
                 "Expected inference.window to be 2 or 3 positive integers or null. "
                 f"Received: inference.window={list(self.window)}"
             )
-        _check_range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
-        _check_range("inference.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
-        _check_range("inference.sigma_scale", self.sigma_scale, 0.0, math.inf, low_open=True)
-        _check_range("inference.min_size_mm3", self.min_size_mm3, 0.0, math.inf)
-        if self.batch_size < 1:
-            raise ConfigError(f"Expected inference.batch_size >= 1. Received: {self.batch_size}")
+        check_float(self.overlap, name="inference.overlap",
+                    minimum=0.0, maximum=1.0, high_open=True, error=ConfigError)
+        check_float(self.threshold, name="inference.threshold",
+                    minimum=0.0, maximum=1.0, low_open=True, high_open=True, error=ConfigError)
+        check_float(self.sigma_scale, name="inference.sigma_scale",
+                    minimum=0.0, low_open=True, error=ConfigError)
+        check_float(self.min_size_mm3, name="inference.min_size_mm3", minimum=0.0, error=ConfigError)
+        check_int(self.batch_size, name="inference.batch_size", minimum=1, error=ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,9 +335,11 @@ class EvaluationConfig:
     tolerance_mm: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_range("evaluation.iou_threshold", self.iou_threshold, 0.0, 1.0, low_open=True)
-        _check_range("evaluation.small_lesion_mm", self.small_lesion_mm, 0.0, math.inf, low_open=True)
-        _check_range("evaluation.tolerance_mm", self.tolerance_mm, 0.0, math.inf)
+        check_float(self.iou_threshold, name="evaluation.iou_threshold",
+                    minimum=0.0, maximum=1.0, low_open=True, error=ConfigError)
+        check_float(self.small_lesion_mm, name="evaluation.small_lesion_mm",
+                    minimum=0.0, low_open=True, error=ConfigError)
+        check_float(self.tolerance_mm, name="evaluation.tolerance_mm", minimum=0.0, error=ConfigError)
         edges = list(self.size_bins_mm)
         if len(edges) < 1 or edges != sorted(set(edges)) or edges[0] < 0:
             raise ConfigError(
@@ -499,8 +502,6 @@ def save_config(config: Config, path: str | Path) -> Path:
     The file starts with ``format_version`` and ``config_sha256`` (`config_hash`), so a
     reader can tell a truncated or edited file from the one training wrote.
     """
-    from segmentation.io import atomic_write
-
     meta = {"format_version": CONFIG_FORMAT_VERSION, "config_sha256": config_hash(config)}
     text = yaml.safe_dump({**meta, **config_to_dict(config)}, sort_keys=False)
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
@@ -601,17 +602,6 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"Expected {key} to be a string. Received: {key}={value!r}")
         return value
     return value
-
-
-def _check_range(
-    key: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> None:
-    ok_low = value > low if low_open else value >= low
-    ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high):
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        raise ConfigError(f"Expected {key} in {left}{low}, {high}{right}. Received: {key}={value}")
 
 
 def _plain(value: Any) -> Any:

@@ -20,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -32,8 +32,8 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
-if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
-    from segmentation.alignment import Geometry
+from segmentation.alignment import Geometry, Reorient
+from segmentation.validation import check_float
 
 __all__ = [
     "METAIMAGE_SUFFIXES",
@@ -307,8 +307,6 @@ class Volume:
     @property
     def geometry(self) -> Geometry:
         """The alignment Geometry of this volume: a single Reorient step."""
-        from segmentation.alignment import Geometry, Reorient  # lazy: optional dependency
-
         return Geometry(
             source_shape=self.source_shape,
             source_affine=self.source_affine.copy(),
@@ -386,7 +384,7 @@ def read_volume(
     _check_kind(kind, _KINDS_READ)
     path = _as_path(path)
     if _scan_suffix(path) is not None and _nifti_suffix(path) is None:
-        from segmentation.metaimage import read_metaimage  # lazy: SimpleITK
+        from segmentation.metaimage import read_metaimage  # metaimage builds on io: a cycle at top
 
         return read_metaimage(path, kind=kind, binarize=binarize)
     if _nifti_suffix(path) is None:
@@ -729,8 +727,7 @@ def check_pair(
             raise TypeError(
                 f"Expected {name} to be a Volume. Received: {name}={type(value).__name__}"
             )
-    if not (isinstance(atol_mm, (int, float)) and np.isfinite(atol_mm) and atol_mm >= 0):
-        raise ValueError(f"Expected atol_mm to be a finite number >= 0. Received: atol_mm={atol_mm!r}")
+    check_float(atol_mm, name="atol_mm", minimum=0)
     pair = f"image {_where(image.path)} and mask {_where(mask.path)}"
     if image.array.shape != mask.array.shape:
         raise VolumeError(

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segmentation.validation import check_float, check_int, check_range
+
 __all__ = [
     "LesionPasteSpec",
     "BankLesion",
@@ -54,32 +56,6 @@ logger = logging.getLogger(__name__)
 
 _LESIONS_PER_PASTE = 3  # lesions tried for one paste slot (a large one may not fit)
 _POSITIONS_PER_LESION = 8  # positions tried for one lesion
-
-
-def _check_probability(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"Expected 0 <= {name} <= 1. Received: {name}={value!r}")
-    return float(value)
-
-
-def _check_count(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected {name} to be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_pair(value: Any, name: str, *, minimum: float = -math.inf, positive: bool = False) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Expected {name} to be a (low, high) pair. Received: {name}={value!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi or lo < minimum or (positive and lo <= 0):
-        raise ValueError(
-            f"Expected {name} to be a finite (low, high) pair with low <= high"
-            f"{' and low > 0' if positive else ''}{f' and low >= {minimum:g}' if minimum > -math.inf else ''}. "
-            f"Received: {name}={value!r}"
-        )
-    return lo, hi
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +85,11 @@ class LesionPasteSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"Expected augment.lesion_paste.enabled to be a bool. Received: enabled={self.enabled!r}")
-        _check_probability(self.probability, "augment.lesion_paste.probability")
-        _check_count(self.max_count, "augment.lesion_paste.max_count", 1)
-        _check_count(self.edge_vox, "augment.lesion_paste.edge_vox", 1)
-        object.__setattr__(self, "scale", _check_pair(self.scale, "augment.lesion_paste.scale", positive=True))
+        check_float(self.probability, name="augment.lesion_paste.probability", minimum=0.0, maximum=1.0)
+        check_int(self.max_count, name="augment.lesion_paste.max_count", minimum=1)
+        check_int(self.edge_vox, name="augment.lesion_paste.edge_vox", minimum=1)
+        scale = check_range(self.scale, name="augment.lesion_paste.scale", positive=True)
+        object.__setattr__(self, "scale", scale)
         jitter = self.intensity_jitter_hu
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < math.inf:
             raise ValueError(
@@ -195,7 +172,7 @@ def build_lesion_bank(cases: Sequence[Any], lesions: Sequence[Any], *, edge_vox:
     Returns:
         The bank, in the order of ``lesions`` (skipped ones left out; the count is logged).
     """
-    edge_vox = _check_count(edge_vox, "edge_vox", 1)
+    edge_vox = check_int(edge_vox, name="edge_vox", minimum=1)
     bank, skipped = [], {"border": 0, "neighbour": 0}
     for lesion in lesions:
         cut = _cut(cases[lesion.case_index], lesion, edge_vox=edge_vox, subsolid_level=float(subsolid_level))

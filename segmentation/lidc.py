@@ -40,6 +40,7 @@ import numpy as np
 from skimage.draw import line, polygon
 
 from segmentation.metrics import equivalent_diameter_mm
+from segmentation.validation import check_int
 
 __all__ = [
     "CHARACTERISTICS",
@@ -441,8 +442,7 @@ def build_case(reading: LidcReading, index: SliceIndex, *, shape: Sequence[int],
         LidcError: A roi on a slice the series does not have (names the XML).
         ValueError: Bad ``consensus`` / ``min_readers``.
     """
-    if isinstance(min_readers, bool) or not isinstance(min_readers, int) or min_readers < 1:
-        raise ValueError(f"Expected --min-readers to be an integer >= 1. Received: --min-readers={min_readers!r}")
+    check_int(min_readers, name="--min-readers", minimum=1)
     if not 0.0 < consensus <= 1.0:
         raise ValueError(f"Expected --consensus in (0, 1]. Received: --consensus={consensus}")
     shape = tuple(int(s) for s in shape)

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segmentation.metrics import check_spacing, label_components
+from segmentation.validation import check_float
 
 __all__ = ["LUNG_AIR_HU", "lung_region", "drop_components_outside"]
 
@@ -79,8 +80,7 @@ def lung_region(image: np.ndarray, *, spacing_mm: Sequence[float],
     if image.ndim != 3:
         raise ValueError(f"Expected a 3D image (I, J, K). Received: image.shape={image.shape}")
     spacing = check_spacing(spacing_mm)
-    if not (math.isfinite(closing_mm) and closing_mm >= 0):
-        raise ValueError(f"Expected closing_mm >= 0. Received: closing_mm={closing_mm!r}")
+    check_float(closing_mm, name="closing_mm", minimum=0)
     if not 0 < min_share <= 1:
         raise ValueError(f"Expected 0 < min_share <= 1. Received: min_share={min_share!r}")
     labels, n = ndi.label(image < threshold)

@@ -119,7 +119,7 @@ def _check_data_file(path: Path, *, n_bytes_expected: int) -> None:
 
 
 def _read_itk(path: Path):
-    import SimpleITK as sitk  # lazy: only MetaImage users need it
+    import SimpleITK as sitk  # heavy (~0.3 s), and only MetaImage users need it
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -191,7 +191,7 @@ def read_metaimage(
             f"Expected an existing MetaImage file. Received: path='{path}' "
             f"({'not a file' if path.exists() else 'not found'})"
         )
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # heavy (~0.3 s), and only MetaImage users need it
 
     image = _read_itk(path)
     array = np.asarray(sitk.GetArrayFromImage(image)).transpose(2, 1, 0)

@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from segmentation.lesions import find_components
-from segmentation.metrics import check_mask
+from segmentation.metrics import check_mask, check_options
+from segmentation.validation import check_affine, check_int
 
 __all__ = [
     "FRAMES",
@@ -390,15 +391,6 @@ def find_dataset_nodule_table(data_dir: str | os.PathLike) -> Path | None:
 
 
 # --------------------------------------------------------------------------- joining
-def _check_affine(affine: Any) -> np.ndarray:
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(
-            np.linalg.det(matrix[:3, :3])) < 1e-12:
-        raise ValueError(f"Expected a finite, invertible (4, 4) affine. Received: "
-                         f"affine={np.asarray(affine).tolist()!r}")
-    return matrix
-
-
 def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mapping],
               affine: Any, offset: Sequence[int] = (0, 0, 0),
               scan_shape: Sequence[int] | None = None) -> CaseJoin:
@@ -428,7 +420,7 @@ def join_case(rows: Sequence[NoduleRow], *, labels: Any, lesions: Sequence[Mappi
     if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Expected labels to be an int ndarray (I, J, K). Received: "
                          f"labels of shape {labels.shape} and dtype {labels.dtype}")
-    matrix = _check_affine(affine)
+    matrix = check_affine(affine, name="affine")
     start = np.asarray(offset, dtype=np.int64).reshape(3)
     shape = np.asarray(labels.shape if scan_shape is None else scan_shape,
                        dtype=np.int64).reshape(3)
@@ -507,8 +499,9 @@ def join_mask(rows: Sequence[NoduleRow], *, mask_true: Any, lesions: Sequence[Ma
     Labelling runs on the mask's bounding box (`segmentation.lesions.find_components`), so a
     full-size label array is never allocated.
     """
+    check_options(connectivity=connectivity)
     mask = check_mask(mask_true, name="mask_true")
-    matrix = _check_affine(affine)
+    matrix = check_affine(affine, name="affine")
     found = find_components(mask, connectivity=connectivity)
     return join_case(rows, labels=found.labels, lesions=lesions, affine=matrix,
                      offset=found.offset, scan_shape=mask.shape)
@@ -530,9 +523,7 @@ def recall_by_attribute(lesions: Sequence[Mapping], *, attribute_names: Sequence
         attribute -> value (sorted) -> ``{"recall", "count", "detected"}``; only values that
         occur are listed, so ``count >= 1``. An attribute that no lesion has maps to ``{}``.
     """
-    if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
-        raise ValueError(f"Expected max_values to be an int >= 1. Received: "
-                         f"max_values={max_values!r}")
+    check_int(max_values, name="max_values", minimum=1)
     out: dict[str, dict] = {}
     for name in attribute_names:
         counts: dict[str, list[int]] = {}

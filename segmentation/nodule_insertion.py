@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from segmentation.io import atomic_write
 from segmentation.lesion_paste import BankLesion, LesionPasteSpec, build_lesion_bank, paste_lesions
 from segmentation.lungmask import LUNG_AIR_HU, lung_region
 from segmentation.preprocessing import PARENCHYMA_BELOW_HU, normalised_level
@@ -113,8 +114,6 @@ def case_lung_regions(cases: Sequence[Any], *, threshold: float,
         One entry per case. None for a case whose region is empty or the whole volume
         (`lung_region`'s answer when it finds no lung-sized air component).
     """
-    from segmentation.io import atomic_write
-
     regions: list[np.ndarray | None] = []
     for case in cases:
         path = None if cache_dir is None else _lung_path(Path(cache_dir), str(case.case_id))

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,6 +40,8 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from segmentation.dataset import INCOMPLETE_MARKER
+from segmentation.io import atomic_write
+from segmentation.validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -147,16 +150,6 @@ class _Anatomy:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an int. Received: {name}={value!r}")
-    value = int(value)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"Expected {name} to be an int {bound}. Received: {name}={value!r}")
-    return value
 
 
 def _check_size(size: Sequence[int] | None) -> tuple[int, int, int]:
@@ -850,11 +843,11 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
         ValueError: for a negative seed, a bad size or spacing_mm, a field of view outside
             [100, 700] mm in-plane or under 30 mm along the slices, or n_nodules out of range.
     """
-    seed = _check_int("seed", seed, minimum=0)
+    seed = check_int(seed, name="seed", minimum=0)
     size = _check_size(size)
     spacing = _check_spacing(spacing_mm)
     if n_nodules is not None:
-        n_nodules = _check_int("n_nodules", n_nodules, minimum=0, maximum=MAX_NODULES)
+        n_nodules = check_int(n_nodules, name="n_nodules", minimum=0, maximum=MAX_NODULES)
     psf_scale = _check_scanner(noise_scale, kernel)
     rng_geom, rng_anat, rng_tree, rng_nod, rng_tex, rng_noise = (
         np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(6))
@@ -916,9 +909,7 @@ def generate_case(*, seed: int, size: Sequence[int] | None = DEFAULT_SIZE,
 
 def _check_scanner(noise_scale: float, kernel: str) -> float:
     """Validates the scanner options; returns the kernel's point-spread width factor."""
-    if isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float)) \
-            or not 0.0 <= float(noise_scale) <= 4.0:
-        raise ValueError(f"Expected noise_scale in [0, 4]. Received: noise_scale={noise_scale!r}")
+    check_float(noise_scale, name="noise_scale", minimum=0, maximum=4)
     if kernel not in KERNELS:
         raise ValueError(f"Expected kernel in {tuple(KERNELS)}. Received: kernel={kernel!r}")
     return KERNELS[kernel]
@@ -980,8 +971,6 @@ def _nodule_record(number: int, placed: dict[str, Any], image: np.ndarray,
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Writes `data` atomically through `segmentation.io.atomic_write` (temp file, fsync, rename)."""
-    from segmentation.io import atomic_write
-
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
@@ -1036,8 +1025,6 @@ def estimate_dataset_bytes(out_dir: str | os.PathLike, *, n_cases: int, n_test: 
         ``{"bytes": estimated total, "free_bytes": free space, "checked": the folder whose
         file system was measured}``.
     """
-    import shutil
-
     grid = DEFAULT_SIZE if size is None else tuple(int(s) for s in size)
     n_total = max(int(n_cases), 0) + max(int(n_test), 0)
     voxels = int(np.prod(grid, dtype=np.int64))
@@ -1108,9 +1095,9 @@ def write_phantom_dataset(out_dir: str | os.PathLike, *, n_cases: int, seed: int
         TypeError, ValueError: for bad arguments (named), or a non-empty out_dir without
             overwrite.
     """
-    n_cases = _check_int("n_cases", n_cases, minimum=1)
-    n_test = _check_int("n_test", n_test, minimum=0)
-    seed = _check_int("seed", seed, minimum=0)
+    n_cases = check_int(n_cases, name="n_cases", minimum=1)
+    n_test = check_int(n_test, name="n_test", minimum=0)
+    seed = check_int(seed, name="seed", minimum=0)
     size = _check_size(size)
     spacing = _check_spacing(spacing_mm)
     if spacing is not None:

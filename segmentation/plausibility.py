@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 __all__ = [
@@ -371,8 +372,6 @@ def check_header(path: str | os.PathLike, *, limits: ScanLimits,
     Raises:
         PlausibilityError: Implausible spacing or a memory estimate over the budget.
     """
-    import nibabel as nib
-
     try:
         image = nib.load(Path(path))
         shape = tuple(int(s) for s in image.shape[:3])

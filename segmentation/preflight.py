@@ -20,6 +20,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from segmentation.dataset import discover_cases
+from segmentation.plausibility import ScanLimits, check_header, estimate_inference_bytes
+
 __all__ = [
     "PreflightError",
     "RUN_MARKERS",
@@ -208,9 +211,6 @@ def check_training_inputs(config: Any, *, data_dir: Any, out_dir: Any, resume: b
         segmentation.dataset.DatasetError: A bad dataset layout.
         segmentation.plausibility.PlausibilityError: An implausible scan header.
     """
-    from segmentation.dataset import discover_cases
-    from segmentation.plausibility import ScanLimits, check_header, estimate_inference_bytes
-
     data = _as_path(data_dir, option="--data")
     if not data.is_dir():
         raise PreflightError(

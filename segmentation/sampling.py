@@ -34,6 +34,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from segmentation.alignment import add_channel_axis
+from segmentation.validation import check_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Lesion", "PatchLocation", "PatchSampler"]
@@ -95,14 +98,6 @@ class PatchLocation:
     voxel: tuple[int, int, int] | None
     start: tuple[int, ...]
     slice_index: int | None
-
-
-def _check_int(value: Any, *, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an integer. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_patch_size(patch_size: Any) -> tuple[int, ...]:
@@ -326,8 +321,8 @@ class PatchSampler:
         background_threshold: float | None = None,
     ) -> None:
         self.patch_size = _check_patch_size(patch_size)
-        self.seed = _check_int(seed, name="seed", minimum=0)
-        self.context_slices = _check_int(context_slices, name="context_slices", minimum=0)
+        self.seed = check_int(seed, name="seed", minimum=0)
+        self.context_slices = check_int(context_slices, name="context_slices", minimum=0)
         if self.context_slices and len(self.patch_size) == 3:
             raise ValueError(
                 "Expected context_slices=0 for 3D patches (2.5D context needs a 2-entry patch_size). "
@@ -478,7 +473,7 @@ class PatchSampler:
         Returns:
             The PatchLocation of the sample.
         """
-        index = _check_int(index, name="index", minimum=0)
+        index = check_int(index, name="index", minimum=0)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         foreground = bool(rng.random() < self.foreground_fraction)
         p = np.asarray(self.patch_size, dtype=np.int64)
@@ -542,7 +537,7 @@ class PatchSampler:
         if self.spatial_dims == 3:
             image = _read_box(case.image, location.start, self.patch_size, fill=self.pad_value, dtype=np.float32)
             mask = _read_box(case.mask, location.start, self.patch_size, fill=0, dtype=np.uint8)
-            return image[..., None], (mask > 0).astype(np.uint8)[..., None]
+            return add_channel_axis(image), add_channel_axis((mask > 0).astype(np.uint8))
         depth = case.image.shape[2]
         k = location.slice_index
         ks = np.clip(np.arange(k - self.context_slices, k + self.context_slices + 1), 0, depth - 1)

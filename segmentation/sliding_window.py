@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from segmentation.alignment import add_channel_axis
+from segmentation.validation import check_float, check_int
+
 __all__ = [
-    "body_skip_fn",
     "gaussian_importance_map",
     "sliding_window_inference",
     "window_positions",
@@ -53,13 +55,6 @@ def _check_window(window, *, rank: int | None = None) -> tuple[int, ...]:
             f"Received: window={window!r}"
         )
     return tuple(int(s) for s in window)
-
-
-def _check_overlap(overlap) -> float:
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float, np.floating)) \
-            or not 0.0 <= overlap < 1.0:
-        raise ValueError(f"Expected overlap in [0, 1). Received: overlap={overlap!r}")
-    return float(overlap)
 
 
 def _spatial_rank(image: np.ndarray, window) -> int:
@@ -106,7 +101,7 @@ def window_positions(shape: Sequence[int], window: Sequence[int],
     """
     shape = tuple(int(s) for s in shape)
     window = _check_window(window, rank=len(shape))
-    overlap = _check_overlap(overlap)
+    overlap = check_float(overlap, name="overlap", minimum=0.0, maximum=1.0, high_open=True)
     if any(w > s for w, s in zip(window, shape)):
         raise ValueError(
             f"Expected window <= shape on every axis (pad the image first). "
@@ -149,33 +144,6 @@ def gaussian_importance_map(window: Sequence[int], *, sigma_scale: float | Seque
         weight = np.multiply.outer(weight, profile)
     weight /= weight.max()
     return np.maximum(weight, min_weight).astype(np.float32)
-
-
-def body_skip_fn(image: np.ndarray, *, threshold: float) -> SkipFn:
-    """A ``skip_window`` callback that skips windows whose maximum is below ``threshold``.
-
-    Use it to avoid predicting windows that lie entirely in air outside the body, e.g.
-    ``threshold=-500`` on HU or the normalised equivalent.
-
-    Args:
-        image: The image passed to ``sliding_window_inference``, ``(*spatial)`` or
-            ``(*spatial, C)`` (all channels count).
-        threshold: Windows with ``max(image[slices]) < threshold`` are skipped.
-
-    Returns:
-        A callable ``skip(slices) -> bool``.
-    """
-    image = np.asarray(image) if not isinstance(image, np.ndarray) else image
-    if not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold):
-        raise ValueError(
-            f"Expected threshold to be a finite number. Received: threshold={threshold!r}"
-        )
-
-    def skip(slices: tuple[slice, ...]) -> bool:
-        region = image[tuple(slices)]
-        return region.size == 0 or bool(np.max(region) < threshold)
-
-    return skip
 
 
 def _pad_to_window(image: np.ndarray, window: tuple[int, ...], *, has_channels: bool,
@@ -282,7 +250,7 @@ def sliding_window_inference(
         sigma_scale: Gaussian sigma as a fraction of the window size.
         skip_window: ``skip_window(slices) -> bool``; ``True`` skips the window (not
             predicted). ``slices`` index the spatial axes of ``image`` (clipped to its
-            extent), e.g. ``body_skip_fn(image, threshold=...)``.
+            extent), e.g. ``pipelines.predictor.skip_air_window_fn`` (air outside the body).
         mirror_axes: Spatial axes for test-time mirroring: every subset of them (``2**n``
             flips, the identity included) is predicted, un-flipped and averaged.
         progress: ``progress(done, total)`` called after each batch with the number of
@@ -303,12 +271,8 @@ def sliding_window_inference(
         image = np.asarray(image)
     rank = _spatial_rank(image, window)
     window = _check_window(window, rank=rank)
-    overlap = _check_overlap(overlap)
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
-        raise ValueError(
-            f"Expected batch_size to be a positive int. Received: batch_size={batch_size!r}"
-        )
+    overlap = check_float(overlap, name="overlap", minimum=0.0, maximum=1.0, high_open=True)
+    batch_size = check_int(batch_size, name="batch_size", minimum=1)
     if not callable(predict_fn):
         raise TypeError(f"Expected predict_fn to be callable. Received: predict_fn={predict_fn!r}")
     if image.dtype.kind not in "biuf":
@@ -339,10 +303,10 @@ def sliding_window_inference(
     done = n_skipped
     if progress is not None and n_skipped:
         progress(done, n_total)
-    for batch_slices in _batches(positions, int(batch_size)):
+    for batch_slices in _batches(positions, batch_size):
         batch = np.stack([np.asarray(padded[sl], dtype=np.float32) for sl in batch_slices])
         if not has_channels:
-            batch = batch[..., np.newaxis]
+            batch = add_channel_axis(batch)
         preds = _predict_mirrored(predict_fn, batch, window, subsets)
         for sl, pred in zip(batch_slices, preds):
             weighted_sum[sl] += pred * importance

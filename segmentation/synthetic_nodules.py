@@ -44,8 +44,9 @@ import numpy as np
 from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
-from segmentation.lesion_paste import _check_count, _check_pair, _check_probability, find_position
+from segmentation.lesion_paste import find_position
 from segmentation.phantom import NODULE_KINDS
+from segmentation.validation import check_float, check_int, check_range
 
 __all__ = ["NODULE_SHAPES", "SyntheticNoduleSpec", "Nodule", "draw_nodule", "rasterize_nodule",
            "parenchyma_stats", "insert_nodules"]
@@ -100,14 +101,14 @@ class SyntheticNoduleSpec:
         if not isinstance(self.enabled, bool):
             raise ValueError("Expected augment.synthetic_nodules.enabled to be a bool. "
                              f"Received: enabled={self.enabled!r}")
-        _check_probability(self.probability, "augment.synthetic_nodules.probability")
-        _check_count(self.max_count, "augment.synthetic_nodules.max_count", 1)
-        _check_count(self.edge_vox, "augment.synthetic_nodules.edge_vox", 1)
+        check_float(self.probability, name="augment.synthetic_nodules.probability", minimum=0.0, maximum=1.0)
+        check_int(self.max_count, name="augment.synthetic_nodules.max_count", minimum=1)
+        check_int(self.edge_vox, name="augment.synthetic_nodules.edge_vox", minimum=1)
         key = "augment.synthetic_nodules."
         checked = {
-            "diameter_mm": _check_pair(self.diameter_mm, key + "diameter_mm", positive=True),
-            "solid_delta_hu": _check_pair(self.solid_delta_hu, key + "solid_delta_hu", minimum=0.0),
-            "ground_glass_delta_hu": _check_pair(self.ground_glass_delta_hu, key + "ground_glass_delta_hu",
+            "diameter_mm": check_range(self.diameter_mm, name=key + "diameter_mm", positive=True),
+            "solid_delta_hu": check_range(self.solid_delta_hu, name=key + "solid_delta_hu", minimum=0.0),
+            "ground_glass_delta_hu": check_range(self.ground_glass_delta_hu, name=key + "ground_glass_delta_hu",
                                                  minimum=0.0),
             "kind_weights": _check_weights(self.kind_weights, key + "kind_weights", len(NODULE_KINDS)),
             "shape_weights": _check_weights(self.shape_weights, key + "shape_weights", len(NODULE_SHAPES)),

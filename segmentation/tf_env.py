@@ -7,9 +7,11 @@ off, and the 3D U-Net's training step of ``configs/cpu.yaml`` is 4.3x slower (2.
 2-core AMD EPYC). ``prefer_onednn`` asks for them unless the user already chose with
 ``TF_ENABLE_ONEDNN_OPTS``.
 
-Every package that imports TensorFlow (``models``, ``losses``, ``pipelines``) calls it first;
-the CLI reaches TensorFlow only through them. It has no effect once TensorFlow is imported; a
-program that imports TensorFlow itself before lungseg sets the variable itself.
+`configure_process` is the one place lungseg changes the process environment: the CLI's
+``main`` calls it before anything else, and so does the test suite's ``conftest.py``;
+importing a lungseg package changes no environment variable. A program that uses lungseg as a
+library calls it once at start, before TensorFlow is imported (it has no effect on oneDNN
+once TensorFlow is loaded), or sets the variables itself.
 
 Quiet start on CPUs. TensorFlow 2.21 writes its first log lines before its C++ logging reads
 ``TF_CPP_MIN_LOG_LEVEL`` (``I0000 ... port.cc`` oneDNN notice, ``cudart_stub.cc: Could not find
@@ -37,13 +39,16 @@ from pathlib import Path
 from types import ModuleType
 
 __all__ = [
-    "DEFAULT_LOG_LEVEL", "LOG_LEVEL_VARIABLE", "ONEDNN_VARIABLE", "configure_process", "cpu_flags",
+    "ALBUMENTATIONS_UPDATE_VARIABLE", "DEFAULT_LOG_LEVEL", "LOG_LEVEL_VARIABLE", "ONEDNN_VARIABLE",
+    "configure_process", "cpu_flags",
     "filter_startup_log", "import_tensorflow", "nvidia_driver_present", "onednn_on_by_default",
     "prefer_onednn", "quiet_tensorflow_start",
 ]
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+ALBUMENTATIONS_UPDATE_VARIABLE = "NO_ALBUMENTATIONS_UPDATE"
+"""Set to 1 by `configure_process`: albumentations then skips its PyPI version check on import."""
 DEFAULT_LOG_LEVEL = "1"
 """TensorFlow's C++ log level set by `configure_process`: INFO hidden, warnings and errors kept."""
 
@@ -107,7 +112,8 @@ def prefer_onednn() -> bool:
                 "TensorFlow was imported before lungseg without TF_ENABLE_ONEDNN_OPTS, and this "
                 "CPU (no AVX-512 VNNI / BF16 / AMX) does not turn oneDNN on by itself: the 3D "
                 "U-Net trains about 4x slower. Expected TF_ENABLE_ONEDNN_OPTS=1 in the "
-                "environment, or lungseg imported before TensorFlow. Received: TensorFlow "
+                "environment, or configure_process() called before TensorFlow is imported. "
+                "Received: TensorFlow "
                 "already imported, TF_ENABLE_ONEDNN_OPTS unset",
                 RuntimeWarning, stacklevel=2,
             )
@@ -117,12 +123,15 @@ def prefer_onednn() -> bool:
 
 
 def configure_process() -> None:
-    """The process settings the CLI makes before TensorFlow loads (the one place it does).
+    """The process settings made before TensorFlow loads: the one place lungseg sets them.
 
-    oneDNN as in `prefer_onednn`, and ``TF_CPP_MIN_LOG_LEVEL`` = `DEFAULT_LOG_LEVEL` with the
-    quiet start of `quiet_tensorflow_start` unless the environment already sets the level.
+    Called by the CLI's ``main`` and the tests' ``conftest.py``. oneDNN as in
+    `prefer_onednn`; ``TF_CPP_MIN_LOG_LEVEL`` = `DEFAULT_LOG_LEVEL` with the quiet start of
+    `quiet_tensorflow_start` unless the environment already sets the level; and no network
+    check when albumentations is imported (``NO_ALBUMENTATIONS_UPDATE=1`` unless set).
     """
     prefer_onednn()
+    os.environ.setdefault(ALBUMENTATIONS_UPDATE_VARIABLE, "1")
     if LOG_LEVEL_VARIABLE not in os.environ:
         os.environ[LOG_LEVEL_VARIABLE] = DEFAULT_LOG_LEVEL
         quiet_tensorflow_start()
@@ -233,7 +242,7 @@ def import_tensorflow() -> ModuleType:
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    import tensorflow as tf
+    import tensorflow as tf  # this module's work is done before TensorFlow loads
 
     tf.config.list_physical_devices()
     return tf

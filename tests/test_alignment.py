@@ -18,10 +18,9 @@ from segmentation.alignment import (
     Reorient,
     Resample,
     ShapeMismatchError,
-    align,
+    add_channel_axis,
     body_bbox,
     from_model_output,
-    pad_to_multiple,
     resample_mask_to_shape,
     resample_to_shape,
     separate_slice_axis,
@@ -56,44 +55,16 @@ def _dice(a, b):
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-# ------------------------------------------------------------------ pad_to_multiple / unpad
+# ------------------------------------------------------------------ unpad
 
 
-def test_pad_to_multiple_known_widths():
-    array = np.ones((5, 6, 7), dtype=np.float32)
-    padded, pad_width = pad_to_multiple(array, 4)
-    assert padded.shape == (8, 8, 8)
-    assert pad_width == ((1, 2), (1, 1), (0, 1))
-    assert padded.sum() == array.sum()
-    assert padded[1:6, 1:7, 0:7].all()
-
-
-def test_pad_to_multiple_leaves_channel_axis_and_honours_min_shape():
-    array = np.ones((3, 16, 5, 2))
-    padded, pad_width = pad_to_multiple(array, (4, 8, 1), min_shape=(8, 1, 6), value=-1.0)
-    assert padded.shape == (8, 16, 6, 2)
-    assert pad_width == ((2, 3), (0, 0), (0, 1))
-    assert padded[0, 0, 0, 0] == -1.0
-
-
-def test_unpad_inverts_pad_to_multiple_on_odd_shapes():
+def test_unpad_inverts_a_pad_on_odd_shapes():
     rng = np.random.default_rng(0)
     array = rng.random((7, 9, 11, 1))
-    padded, pad_width = pad_to_multiple(array, 16)
+    pad_width = ((4, 5), (3, 4), (2, 3))
+    padded = np.pad(array, (*pad_width, (0, 0)))
     assert padded.shape == (16, 16, 16, 1)
     np.testing.assert_array_equal(unpad(padded, pad_width), array)
-
-
-def test_pad_to_multiple_already_multiple_is_identity():
-    array = np.zeros((16, 32, 16))
-    padded, pad_width = pad_to_multiple(array, 16)
-    assert pad_width == ((0, 0), (0, 0), (0, 0))
-    assert padded.shape == array.shape
-
-
-def test_pad_to_multiple_rejects_bad_multiple():
-    with pytest.raises(ValueError, match="multiple"):
-        pad_to_multiple(np.zeros((4, 4, 4)), 0)
 
 
 def test_unpad_rejects_padding_larger_than_array():
@@ -102,6 +73,14 @@ def test_unpad_rejects_padding_larger_than_array():
 
 
 # ------------------------------------------------------------------ model input / output
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6), (2, 4, 5), (3,)])
+def test_add_channel_axis_adds_one_trailing_axis_and_keeps_the_dtype(shape):
+    array = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
+    out = add_channel_axis(array)
+    assert out.shape == (*shape, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], array)
 
 
 def test_to_model_input_adds_batch_and_channel():
@@ -127,37 +106,8 @@ def test_to_model_input_rejects_2d():
         to_model_input(np.zeros((3, 4)))
 
 
-# ------------------------------------------------------------------ align
-
-LAYOUTS = [lambda a: a, lambda a: a[..., None], lambda a: a[None, ..., None]]
-
-
-@pytest.mark.parametrize("truth_layout", range(3))
-@pytest.mark.parametrize("pred_layout", range(3))
-def test_align_accepts_every_layout(truth_layout, pred_layout):
-    truth = np.zeros((3, 4, 5), dtype=bool)
-    truth[1, 2, 3] = True
-    pred = np.linspace(0, 1, 60, dtype=np.float32).reshape(3, 4, 5)
-    a, b = align(LAYOUTS[truth_layout](truth), LAYOUTS[pred_layout](pred))
-    assert a.shape == b.shape == (3, 4, 5)
-    assert a.dtype == bool and b.dtype == np.float32
-    np.testing.assert_array_equal(a, truth)
-    np.testing.assert_array_equal(b, pred)
-
-
-def test_align_shape_mismatch_names_both_shapes():
-    with pytest.raises(ShapeMismatchError, match=r"mask_true.shape=\(3, 4, 5\).*pred.shape=\(1, 3, 4, 6, 1\)"):
-        align(np.zeros((3, 4, 5)), np.zeros((1, 3, 4, 6, 1)))
-
-
 def test_shape_mismatch_error_is_a_value_error():
     assert issubclass(ShapeMismatchError, ValueError)
-
-
-@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (2, 3, 4, 5, 1), (3, 4)])
-def test_align_rejects_other_layouts(shape):
-    with pytest.raises(ValueError, match="pred"):
-        align(np.zeros((3, 4, 5)), np.zeros(shape))
 
 
 # ------------------------------------------------------------------ steps
@@ -383,7 +333,8 @@ def _network_geometry(rng, shape, affine, mask, relative_target):
     out_shape = target_shape(geometry.shape, spacing_mm=geometry.spacing_mm, target_spacing_mm=target)
     axis = separate_slice_axis(geometry.spacing_mm, target_spacing_mm=target)
     geometry = geometry.then(Resample(geometry.shape, out_shape, slice_axis=axis))
-    _, pad_width = pad_to_multiple(np.zeros(geometry.shape), 16)
+    extra = [-n % 16 for n in geometry.shape]  # up to a multiple of 16, split evenly
+    pad_width = tuple((e // 2, e - e // 2) for e in extra)
     return geometry.then(Pad(pad_width, geometry.shape))
 
 

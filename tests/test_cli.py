@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segmentation.cli import _cli_words, build_parser, main
+from pipelines.cli import _cli_words, build_parser, main
 from segmentation.config import load_config, save_config
 
 
@@ -442,7 +442,7 @@ def _fresh(code: str, *args) -> subprocess.CompletedProcess:
 
 _MAIN_THEN_MODULES = """
 import sys
-from segmentation.cli import main
+from pipelines.cli import main
 status = main(sys.argv[1:])
 print("tensorflow loaded:", "tensorflow" in sys.modules)
 sys.exit(status)
@@ -469,7 +469,7 @@ def test_fresh_process_refuses_bad_inputs_without_tensorflow(tmp_path):
 @pytest.mark.slow
 def test_fresh_process_train_on_multilabel_data_leaves_no_run_folder(tmp_path):
     data = _dataset(tmp_path / "data", label_value=3)  # labels 0/3: refused without --binarize-labels
-    result = _fresh("import sys; from segmentation.cli import main; sys.exit(main(sys.argv[1:]))",
+    result = _fresh("import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))",
                     *_train(data, tmp_path / "run", "--set", "train.epochs=1", "train.steps_per_epoch=1"))
     assert result.returncode == 2, result.stderr
     assert "use --binarize-labels" in result.stderr and "Traceback" not in result.stderr

@@ -249,7 +249,7 @@ def test_all_empty_dataset(tmp_path):
 
 
 def test_cli_evaluate_writes_the_report(phantom, capsys):
-    from segmentation.cli import main
+    from pipelines.cli import main
 
     out = phantom / "cli_report"
     code = main(["evaluate", "--pred", str(phantom / "pred"), "--truth", str(phantom / "truth"),
@@ -259,14 +259,6 @@ def test_cli_evaluate_writes_the_report(phantom, capsys):
         assert (out / name).is_file(), name
     printed = json.loads(capsys.readouterr().out)
     assert printed["n_cases"] == 3 and not math.isnan(printed["cpm"])
-
-
-def test_bench_evaluate_runs_on_a_small_scan():
-    from pipelines.evaluate import bench_evaluate
-
-    result = bench_evaluate(shape=(48, 48, 40), spacing_mm=(2.0, 2.0, 2.5), repeats=1)
-    assert result["shape"] == [48, 48, 40] and result["n_lesions"] >= 1
-    assert 0.0 < result["dice"] <= 1.0 and result["seconds"] > 0
 
 
 def test_masks_and_probability_maps_in_one_folder(phantom):
@@ -375,7 +367,7 @@ def test_bad_nodule_table_names_the_file_row_and_column(phantom, text, row, colu
 
 
 def test_cli_evaluate_nodules_on_two_pairs(tmp_path, capsys):
-    from segmentation.cli import main
+    from pipelines.cli import main
 
     for case in ("p1", "p2"):
         _write(tmp_path / "truth" / f"{case}.nii.gz", _ball(*NODULES[0]) | _ball(*NODULES[1]))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.importers import import_lidc, import_luna16
-from segmentation.cli import main
+from pipelines.cli import main
 from segmentation.dataset import discover_cases
 from segmentation.io import check_pair, read_volume
 

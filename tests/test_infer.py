@@ -380,7 +380,7 @@ def test_predict_rejects_a_bad_window_naming_it(unet_run, tmp_path, window, matc
 
 
 def test_folder_with_a_corrupt_file_reports_it_and_goes_on_then_skips(unet_run, tmp_path):
-    from segmentation.cli import main
+    from pipelines.cli import main
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -417,7 +417,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_goes_on_then_skips(unet_run, 
 
 
 def test_cli_predict_window(unet_run, tmp_path, capsys):
-    from segmentation.cli import main
+    from pipelines.cli import main
 
     scan = _random_scan(tmp_path / "case_0000.nii.gz")
     out = tmp_path / "out"

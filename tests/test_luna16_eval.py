@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.luna16_eval import LUNA16_FILES, evaluate_luna16, write_candidates
-from segmentation.cli import main
+from pipelines.cli import main
 from segmentation.luna16 import Luna16Error, read_candidates
 
 ANNOTATIONS = """seriesuid,coordX,coordY,coordZ,diameter_mm

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 
 from segmentation.sliding_window import (
-    body_skip_fn,
     gaussian_importance_map,
     sliding_window_inference,
     window_positions,
 )
+
+
+def skip_below(image, threshold):
+    """A skip_window callback: skips windows whose maximum is below ``threshold``."""
+    return lambda slices: bool(np.max(image[slices]) < threshold)
 
 
 def plus_one(batch):
@@ -281,7 +285,7 @@ def test_skip_window_fills_voxels_covered_only_by_skipped_windows():
     image = np.full((12, 4), -1000.0, dtype=np.float32)
     image[:4] = 50.0  # "body" in rows 0-3 only
     result = sliding_window_inference(image, plus_one, window=(4, 4), overlap=0.0,
-                                      skip_window=body_skip_fn(image, threshold=-500.0),
+                                      skip_window=skip_below(image, -500.0),
                                       fill_value=-3.0)
     np.testing.assert_allclose(result[:4], 51.0, atol=1e-5)
     np.testing.assert_array_equal(result[4:], -3.0)
@@ -293,7 +297,7 @@ def test_skip_window_partially_skipped_voxels_use_remaining_windows():
     calls = []
     result = sliding_window_inference(
         image, lambda b: calls.append(len(b)) or plus_one(b), window=(4, 4), overlap=0.5,
-        skip_window=body_skip_fn(image, threshold=-500.0))
+        skip_window=skip_below(image, -500.0))
     # Windows start 0, 2, 4: only the first is predicted; rows 0-3 get input + 1.
     assert sum(calls) == 1
     np.testing.assert_allclose(result[:4], image[:4] + 1.0, atol=1e-3)
@@ -315,14 +319,6 @@ def test_skip_window_receives_slices_clipped_to_the_image():
     sliding_window_inference(image, plus_one, window=(4, 4), overlap=0.5,
                              skip_window=lambda sl: received.append(sl) or False)
     assert received == [(slice(0, 3), slice(0, 4)), (slice(0, 3), slice(2, 6))]
-
-
-def test_body_skip_fn_known_values():
-    image = np.zeros((4, 4, 2), dtype=np.float32)
-    image[0, 0, 1] = 10.0  # only channel 1 is bright
-    skip = body_skip_fn(image, threshold=5.0)
-    assert skip((slice(0, 2), slice(0, 2))) is False
-    assert skip((slice(2, 4), slice(0, 4))) is True
 
 
 # --------------------------------------------------------------------------- errors

@@ -3,6 +3,7 @@ start without CUDA probe noise on CPUs (in fresh interpreters, as the CLI meets 
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from segmentation.tf_env import (
+    ALBUMENTATIONS_UPDATE_VARIABLE,
     DEFAULT_LOG_LEVEL,
     LOG_LEVEL_VARIABLE,
     ONEDNN_VARIABLE,
@@ -33,15 +35,42 @@ def _in_fresh_python(code: str, env_value: str | None) -> str:
     return _run_fresh_python(code, env_value).stdout.strip().splitlines()[-1]
 
 
+_CONFIGURE = "from segmentation.tf_env import configure_process\nconfigure_process()\n"
+
+
+def _changed_by(statement: str) -> set[str]:
+    """The environment variables a fresh interpreter's ``statement`` sets, changes or removes."""
+    code = (f"import os\nbefore = dict(os.environ)\n{statement}\n"
+            "print(sorted(k for k in {**before, **os.environ} if before.get(k) != os.environ.get(k)))")
+    env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("package", ["models", "losses", "pipelines"])
-def test_importing_a_tensorflow_package_prefers_onednn(package):
-    code = f"import os, {package}; print(os.environ.get('{ONEDNN_VARIABLE}'))"
+@pytest.mark.parametrize("package", ["segmentation.tf_env", "models", "losses", "pipelines", "pipelines.cli"])
+def test_importing_a_package_changes_no_environment_variable(package):
+    # TensorFlow and Keras set a few variables of their own when they load; lungseg adds none.
+    allowed = _changed_by("import tensorflow, keras")
+    changed = _changed_by(f"import {package}")
+    assert changed <= allowed and not changed & {ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE}, changed - allowed
+
+
+def test_configure_process_prefers_onednn():
+    code = _CONFIGURE + f"import os; print(os.environ.get('{ONEDNN_VARIABLE}'))"
+    assert _in_fresh_python(code, None) == "1"
+
+
+def test_the_cli_prefers_onednn_before_parsing_its_arguments():
+    code = ("import contextlib, io, os\nfrom pipelines.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['--help'])\n"
+            f"print(os.environ.get('{ONEDNN_VARIABLE}'))")
     assert _in_fresh_python(code, None) == "1"
 
 
 def test_the_users_choice_is_kept():
-    code = f"import os, pipelines; print(os.environ.get('{ONEDNN_VARIABLE}'))"
+    code = _CONFIGURE + f"import os; print(os.environ.get('{ONEDNN_VARIABLE}'))"
     assert _in_fresh_python(code, "0") == "0"
 
 
@@ -83,7 +112,7 @@ def test_cpu_flags_of_a_missing_file_is_none(tmp_path):
 @pytest.mark.slow
 def test_tensorflow_imported_first_warns_where_onednn_stays_off():
     code = ("import warnings\nwarnings.simplefilter('always')\nimport tensorflow\n"
-            "import models, losses, pipelines\nprint('imported')")
+            + _CONFIGURE + "print('configured')")
     result = _run_fresh_python(code, None)
     warned = result.stderr.count("TensorFlow was imported before lungseg")
     expected = 1 if onednn_on_by_default(cpu_flags()) is False else 0
@@ -92,14 +121,14 @@ def test_tensorflow_imported_first_warns_where_onednn_stays_off():
 
 @pytest.mark.slow
 def test_no_warning_when_the_user_chose():
-    code = "import warnings\nwarnings.simplefilter('always')\nimport tensorflow\nimport pipelines\nprint('ok')"
+    code = "import warnings\nwarnings.simplefilter('always')\nimport tensorflow\n" + _CONFIGURE + "print('ok')"
     result = _run_fresh_python(code, "0")
     assert "TensorFlow was imported before lungseg" not in result.stderr
 
 
 # --------------------------------------------------------------------------- quiet start
 
-_TF_VARIABLES = (ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE)
+_TF_VARIABLES = (ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE, ALBUMENTATIONS_UPDATE_VARIABLE)
 
 
 def _fresh(code: str, **env_values: str) -> subprocess.CompletedProcess:
@@ -113,6 +142,13 @@ def test_configure_process_sets_defaults_in_a_fresh_interpreter():
     code = ("import os\nfrom segmentation.tf_env import configure_process\nconfigure_process()\n"
             f"print(os.environ['{ONEDNN_VARIABLE}'], os.environ['{LOG_LEVEL_VARIABLE}'])")
     assert _fresh(code).stdout.split() == ["1", DEFAULT_LOG_LEVEL]
+
+
+def test_configure_process_turns_the_albumentations_update_check_off_unless_chosen():
+    code = ("import os\nfrom segmentation.tf_env import configure_process\nconfigure_process()\n"
+            f"print(os.environ['{ALBUMENTATIONS_UPDATE_VARIABLE}'])")
+    assert _fresh(code).stdout.split() == ["1"]
+    assert _fresh(code, **{ALBUMENTATIONS_UPDATE_VARIABLE: "0"}).stdout.split() == ["0"]
 
 
 def test_configure_process_keeps_the_users_log_level():

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segmentation.tf_env import ALBUMENTATIONS_UPDATE_VARIABLE, LOG_LEVEL_VARIABLE, ONEDNN_VARIABLE
 from test_train import TINY, _KillAfter, _write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +39,8 @@ RUN_SET = [*TINY, "train.deterministic=true", "train.tensorboard_images=false",
 
 def _env() -> dict:
     env = dict(os.environ)
-    # as a user's shell: lungseg chooses itself (test_train, imported above, sets the log level)
-    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    for name in (ONEDNN_VARIABLE, LOG_LEVEL_VARIABLE, ALBUMENTATIONS_UPDATE_VARIABLE):
+        env.pop(name, None)  # set by conftest's configure_process; as a user's shell: lungseg chooses
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -140,7 +140,7 @@ _KILL_AT_RENAME = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst, *args, **kwargs)
     os.replace = replace
-    from segmentation.cli import main
+    from pipelines.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
 
@@ -195,7 +195,7 @@ def test_every_config_and_loss_resumes_in_a_fresh_process(cli_data, tmp_path):
         runs.append(["train", "--config", str(REPO / "configs" / config_name), "--data",
                      str(cli_data), "--out", str(out), "--resume", "--set", *overrides])
     # One new interpreter resumes them all: the first finds nothing imported but the CLI.
-    script = ("import json, sys\nfrom segmentation.cli import main\n"
+    script = ("import json, sys\nfrom pipelines.cli import main\n"
               "codes = [main(args) for args in json.loads(sys.argv[1])]\n"
               "print('CODES', json.dumps(codes))\n")
     done = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], env=_env(),

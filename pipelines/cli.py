@@ -1,8 +1,11 @@
 """The ``lungseg`` command line.
 
-This module only parses arguments and hands them to the pipelines (imported lazily, so
-``lungseg --help`` and ``lungseg phantom`` start without TensorFlow). It holds no logic:
-every command is one call into ``segmentation`` or ``pipelines`` plus printing.
+This module only parses arguments and hands them to the pipelines. It holds no logic:
+every command is one call into ``segmentation`` or ``pipelines`` plus printing. `main` is
+the one place that sets the process up for TensorFlow (`configure_process`), before any
+command runs; the pipelines that reach TensorFlow (train, predict, demo, bench, study) are
+imported only once a command's cheap checks have passed, so ``lungseg --help`` and every
+refused input stay without TensorFlow.
 
 Exit status: 0 on success, 1 when a command ran but some of its work failed (e.g. one
 scan of a folder in ``lungseg predict``), 2 for bad arguments or input (checked before
@@ -15,12 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines import importers
+from pipelines.evaluate import evaluate
+from pipelines.luna16_eval import evaluate_luna16
+from segmentation.config import load_config
+from segmentation.phantom import estimate_dataset_bytes, write_phantom_dataset
+from segmentation.plausibility import DEFAULT_SPACING_RANGE_MM, ScanLimits, format_bytes
+from segmentation.preflight import check_output_dir, check_output_file, check_training_inputs
 from segmentation.tf_env import configure_process
 
 __all__ = ["main", "build_parser"]
@@ -91,8 +100,6 @@ def _add_scan_checks(parser: argparse.ArgumentParser, *, hu: bool = True) -> Non
 
 def _limits(args: argparse.Namespace):
     """The `ScanLimits` of a command's options."""
-    from segmentation.plausibility import DEFAULT_SPACING_RANGE_MM, ScanLimits
-
     return ScanLimits(
         spacing_range_mm=tuple(args.spacing_range_mm or DEFAULT_SPACING_RANGE_MM),
         max_memory_gb=args.max_memory_gb,
@@ -288,10 +295,8 @@ def _print_json(data: object) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from segmentation.preflight import check_output_dir
-
     check_output_dir(args.out, option="--out")
-    from pipelines.demo import run_demo
+    from pipelines.demo import run_demo  # TensorFlow loads only after the cheap checks
 
     result = run_demo(out_dir=args.out, quick=args.quick, overwrite=args.overwrite)
     print(result["text"])
@@ -299,10 +304,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from segmentation.phantom import estimate_dataset_bytes, write_phantom_dataset
-    from segmentation.plausibility import format_bytes
-    from segmentation.preflight import check_output_dir
-
     check_output_dir(args.out, option="--out")
     estimate = estimate_dataset_bytes(args.out, n_cases=args.cases, n_test=args.test_cases,
                                       size=tuple(args.size) if args.size else None)
@@ -325,15 +326,12 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from segmentation.config import load_config
-    from segmentation.preflight import check_training_inputs
-
     overrides = [*args.overrides, *(["data.binarize_labels=true"] if args.binarize_labels else [])]
     config = load_config(args.config, overrides=overrides)
     limits = _limits(args)
     check_training_inputs(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
                           limits=limits)
-    from pipelines.train import train  # TensorFlow: only after the checks
+    from pipelines.train import train  # TensorFlow loads only after the cheap checks
 
     summary = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
                     command_line=["lungseg", *sys.argv[1:]], limits=limits)
@@ -347,8 +345,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.pred is None or args.truth is None:
         raise ValueError("Expected --pred and --truth (or --luna16 with --candidates). "
                          f"Received: --pred={args.pred}, --truth={args.truth}")
-    from pipelines.evaluate import evaluate
-
     summary = evaluate(
         pred_dir=args.pred,
         truth_dir=args.truth,
@@ -373,8 +369,6 @@ def _run_evaluate_luna16(args: argparse.Namespace) -> int:
     if args.luna16 is None or args.candidates is None:
         raise ValueError("Expected both --luna16 ANNOTATIONS_CSV and --candidates FILE. "
                          f"Received: --luna16={args.luna16}, --candidates={args.candidates}")
-    from pipelines.luna16_eval import evaluate_luna16
-
     summary = evaluate_luna16(annotations=args.luna16, candidates=args.candidates, out_dir=args.out,
                               excluded=args.excluded, seriesuids=args.seriesuids,
                               n_bootstrap=args.bootstrap, seed=args.seed, overwrite=args.overwrite)
@@ -383,7 +377,7 @@ def _run_evaluate_luna16(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from pipelines.infer import predict
+    from pipelines.infer import predict  # TensorFlow loads only after the cheap checks
 
     result = predict(
         model_dir=args.model,
@@ -404,8 +398,6 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from pipelines import importers
-
     if args.source == "luna16":
         result = importers.import_luna16(input_dir=args.input, annotations=args.annotations,
                                          out_dir=args.out, mask=args.mask, workers=args.workers,
@@ -420,11 +412,9 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from segmentation.preflight import check_output_file
-
     if args.out is not None:
         check_output_file(args.out, option="--out", inputs=[("--config", args.config)])
-    from pipelines import bench
+    from pipelines import bench  # TensorFlow loads only after the cheap checks
 
     result = bench.run_bench(
         args.what,
@@ -440,10 +430,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from segmentation.preflight import check_output_dir
-
     check_output_dir(args.out, option="--out", inputs=[("--data", args.data)])
-    from pipelines.study import study_losses
+    from pipelines.study import study_losses  # TensorFlow loads only after the cheap checks
 
     result = study_losses(
         config_path=args.config,
