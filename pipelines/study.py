@@ -61,6 +61,7 @@ __all__ = [
     "CLAIMS",
     "study_losses",
     "run_config",
+    "study_loss",
     "validation_curve",
     "convergence",
     "interval",
@@ -166,8 +167,37 @@ def _base_config(config_path: Path, overrides: Sequence[str], *, epochs: int | N
     return dataclasses.replace(config, train=train, data=data)
 
 
+def study_loss(base_loss: dict, name: str) -> dict:
+    """The loss of study arm ``name``, built from the config's own loss settings.
+
+    ``hybrid`` is the config's loss when that is a hybrid; a single loss is the config's loss
+    of that name, or the hybrid's component of that name without its weights (so
+    ``cpu.yaml``'s ``dice`` arm keeps ``skip_empty: true``, and ``--set loss...`` reaches every
+    arm); a loss the config does not name is `LOSS_CONFIGS`'s default.
+
+    Args:
+        base_loss: The config's ``loss`` section.
+        name: A name of `LOSS_CONFIGS`.
+
+    Returns:
+        A loss config for `losses.get_loss`.
+    """
+    base = dict(base_loss)
+    if base.get("name") == name:
+        return base
+    components = base.get("components") or [] if base.get("name") == "hybrid" else []
+    for component in components:
+        spec = {"name": component} if isinstance(component, str) else dict(component)
+        if spec.get("name") == name:
+            spec.pop("weight", None)
+            spec.pop("final_weight", None)
+            return spec
+    return dict(LOSS_CONFIGS[name])
+
+
 def run_config(base, *, loss: str, seed_index: int):
-    """The config of one run: ``base`` with the loss and ``train.seed + seed_index``.
+    """The config of one run: ``base`` with the arm's loss (`study_loss`) and
+    ``train.seed + seed_index``.
 
     Args:
         base: The study's shared `segmentation.config.Config`.
@@ -179,7 +209,7 @@ def run_config(base, *, loss: str, seed_index: int):
     """
     name = _check_losses([loss])[0]
     train = dataclasses.replace(base.train, seed=base.train.seed + int(seed_index))
-    return dataclasses.replace(base, loss=dict(LOSS_CONFIGS[name]), train=train)
+    return dataclasses.replace(base, loss=study_loss(base.loss, name), train=train)
 
 
 def _comparable(config) -> dict:

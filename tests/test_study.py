@@ -9,7 +9,8 @@ import os
 import pytest
 
 from pipelines import study
-from pipelines.study import convergence, interval, judge_claim, run_config, study_losses
+from pipelines.study import (convergence, interval, judge_claim, run_config, study_loss,
+                             study_losses)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -125,10 +126,43 @@ def test_run_config_changes_only_loss_and_seed():
     base = load_config(CPU_CONFIG)
     a = config_to_dict(run_config(base, loss="bce", seed_index=2))
     b = config_to_dict(run_config(base, loss="hybrid", seed_index=2))
-    assert a["loss"] == {"name": "bce"} and b["loss"] == {"name": "hybrid"}
+    assert a["loss"] == {"name": "bce"} and b["loss"] == config_to_dict(base)["loss"]
     assert a["train"]["seed"] == base.train.seed + 2
     a.pop("loss"), b.pop("loss")
     assert a == b
+
+
+def test_each_arm_takes_the_configs_own_loss_settings():
+    from segmentation.config import load_config
+
+    base = load_config(CPU_CONFIG)  # hybrid of bce (0.5) and skip-empty per-sample dice (0.5)
+    assert run_config(base, loss="dice", seed_index=0).loss == {"name": "dice", "skip_empty": True}
+    assert run_config(base, loss="bce", seed_index=0).loss == {"name": "bce"}
+    assert run_config(base, loss="hybrid", seed_index=0).loss == base.loss
+    assert run_config(base, loss="focal", seed_index=0).loss == {"name": "focal"}  # not in the config
+
+
+def test_a_set_override_of_the_loss_reaches_every_arm():
+    from segmentation.config import load_config
+
+    base = load_config(CPU_CONFIG, overrides=[
+        "loss={name: hybrid, components: [{name: bce, weight: 0.3, pos_weight: 2.0}, "
+        "{name: dice, weight: 0.7, smooth: 0.5}]}"])
+    assert run_config(base, loss="bce", seed_index=0).loss == {"name": "bce", "pos_weight": 2.0}
+    assert run_config(base, loss="dice", seed_index=0).loss == {"name": "dice", "smooth": 0.5}
+    assert run_config(base, loss="hybrid", seed_index=0).loss["components"][1]["weight"] == 0.7
+
+
+@pytest.mark.parametrize("base_loss, name, expected", [
+    ({"name": "dice", "batch": True}, "dice", {"name": "dice", "batch": True}),
+    ({"name": "dice", "batch": True}, "hybrid", {"name": "hybrid"}),
+    ({"name": "hybrid", "components": ["bce", "dice"]}, "dice", {"name": "dice"}),
+    ({"name": "hybrid", "components": [{"name": "tversky", "alpha": 0.3, "weight": 1.0,
+                                        "final_weight": 0.5}]}, "tversky",
+     {"name": "tversky", "alpha": 0.3}),
+])
+def test_study_loss_known_values(base_loss, name, expected):
+    assert study_loss(base_loss, name) == expected
 
 
 def test_unknown_loss_is_an_error_naming_it(tmp_path):
