@@ -84,6 +84,7 @@ from segmentation.plausibility import (
 from segmentation.preflight import check_output_dir
 from segmentation.preprocessing import preprocess_volume
 from segmentation.runfolder import CONFIG_FILE, MODEL_FILE, RunFolderError, load_run_config
+from segmentation.validation import check_float
 
 __all__ = [
     "CONFIG_FILE",
@@ -206,20 +207,14 @@ def _load_model(run: Path, config: Config) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
-            or not 0.0 < float(threshold) < 1.0:
-        raise InferenceError(f"Expected threshold in (0, 1). Received: threshold={threshold!r}")
-    return float(threshold)
-
-
-def _check_min_size(min_size_mm3: Any) -> float:
-    if isinstance(min_size_mm3, bool) or not isinstance(min_size_mm3, (int, float, np.floating)) \
-            or not (math.isfinite(float(min_size_mm3)) and float(min_size_mm3) >= 0.0):
-        raise InferenceError(
-            f"Expected min_size_mm3 to be a finite number >= 0. Received: min_size_mm3={min_size_mm3!r}"
-        )
-    return float(min_size_mm3)
+def _check_options(threshold: Any, min_size_mm3: Any) -> tuple[float | None, float | None]:
+    """The ``threshold`` and ``min_size_mm3`` a caller passed (None: the config's, checked by it)."""
+    if threshold is not None:
+        threshold = check_float(threshold, name="threshold", minimum=0, maximum=1, low_open=True,
+                                high_open=True, error=InferenceError)
+    if min_size_mm3 is not None:
+        min_size_mm3 = check_float(min_size_mm3, name="min_size_mm3", minimum=0, error=InferenceError)
+    return threshold, min_size_mm3
 
 
 def _source_spacing_mm(volume: Volume) -> tuple[float, float, float]:
@@ -250,12 +245,13 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
         stored on disk (write them with ``space="source"``).
 
     Raises:
-        InferenceError: Bad ``threshold`` or ``min_size_mm3``.
+        InferenceError: ``threshold`` or ``min_size_mm3`` out of range.
+        TypeError: ``threshold`` or ``min_size_mm3`` is not a number.
         ValueError: A non-finite preprocessed image (from `predict_probabilities`).
     """
-    threshold = _check_threshold(config.inference.threshold if threshold is None else threshold)
-    min_size_mm3 = _check_min_size(
-        config.inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3)
+    threshold, min_size_mm3 = _check_options(threshold, min_size_mm3)
+    threshold = config.inference.threshold if threshold is None else threshold
+    min_size_mm3 = config.inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3
     return _predict_checked(model, config, volume, tta=tta, threshold=threshold,
                             min_size_mm3=min_size_mm3, predict_fn=predict_fn)
 
@@ -642,6 +638,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
     Raises:
         InferenceError: Bad run folder, input path or option (names it); all checked
             before TensorFlow and the model are loaded.
+        TypeError: A ``threshold`` or ``min_size_mm3`` that is not a number.
         segmentation.plausibility.PlausibilityError: A scan that is not plausible (spacing,
             memory, not HU), or a window too large for the memory budget.
         segmentation.io.VolumeError / segmentation.dicom.DicomError: The scan of a
@@ -658,10 +655,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             f"read as scans next time). Received: out_dir='{out}', input='{input_path}'"
         )
     check_output_dir(out, option="out_dir", inputs=[("input_path", input_path), ("model_dir", model_dir)])
-    if threshold is not None:
-        threshold = _check_threshold(threshold)
-    if min_size_mm3 is not None:
-        min_size_mm3 = _check_min_size(min_size_mm3)
+    threshold, min_size_mm3 = _check_options(threshold, min_size_mm3)
     run = _as_path(model_dir, name="model_dir")
     config = _run_config(run)
     if window is not None:

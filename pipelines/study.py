@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from segmentation.validation import check_int
+
 __all__ = [
     "LOSS_CONFIGS",
     "STUDY_COLUMNS",
@@ -134,14 +136,6 @@ def _check_losses(losses: Any) -> list[str]:
     if duplicates:
         raise ValueError(f"Expected each loss once. Received: losses={names} (repeated: {', '.join(duplicates)})")
     return names
-
-
-def _check_int(value: Any, *, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an integer. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_target(target_iou: Any) -> float | None:
@@ -780,10 +774,10 @@ def study_losses(*, config_path: str | os.PathLike, data_dir: str | os.PathLike,
     """
     started = time.perf_counter()
     losses = _check_losses(losses)
-    n_seeds = _check_int(n_seeds, name="n_seeds", minimum=1)
-    parallel = _check_int(parallel, name="parallel", minimum=1)
+    n_seeds = check_int(n_seeds, name="n_seeds", minimum=1)
+    parallel = check_int(parallel, name="parallel", minimum=1)
     if epochs is not None:
-        epochs = _check_int(epochs, name="epochs", minimum=1)
+        epochs = check_int(epochs, name="epochs", minimum=1)
     target_iou = _check_target(target_iou)
     overrides = [str(o) for o in overrides]
     config_path, data_dir, out = Path(config_path), Path(data_dir), Path(out_dir)
