@@ -55,6 +55,7 @@ from segmentation.lesions import (
     find_components,
     lesion_table,
 )
+from segmentation.validation import json_safe
 
 __all__ = [
     "CONNECTIVITIES",
@@ -776,18 +777,6 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
 def summarize(results: Sequence[CaseResult], *, small_lesion_mm: float = 10.0,
               size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM,
               fp_rates: Sequence[float] = FROC_FP_RATES) -> dict:
@@ -890,4 +879,4 @@ def summarize(results: Sequence[CaseResult], *, small_lesion_mm: float = 10.0,
             "threshold": froc_result["curve_thresholds"]},
         "settings": dict(results[0].settings),
     }
-    return _json_safe(summary)
+    return json_safe(summary)
