@@ -774,7 +774,9 @@ def body_bbox(
 
     Args:
         image_hu: ndarray of shape (I, J, K) in Hounsfield units.
-        threshold_hu: Voxels above this value count as body.
+        threshold_hu: Voxels above this value count as body. The pipeline passes
+            `PreprocessSpec.body_threshold_hu` (default `segmentation.preprocessing.SOFT_TISSUE_ABOVE_HU`,
+            also -500 HU); this module sits below preprocessing, so the default is a literal.
         margin_vox: Margin in voxels, one int or 3 ints.
 
     Returns:
