@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -605,6 +606,57 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
     return outputs, len(rows)
 
 
+def _header_refusals(todo: Sequence[InputCase], *, single: bool, limits: ScanLimits,
+                     estimate: Any) -> dict[str, Exception]:
+    """Header checks (spacing and memory) of the NIfTI scans, before any voxel is read.
+
+    Returns:
+        ``case_id -> PlausibilityError`` of the scans refused; a single scan raises instead.
+    """
+    refused: dict[str, Exception] = {}
+    for case in todo:
+        try:
+            if case.kind == "nifti":
+                check_header(case.path, limits=limits, estimate=estimate)
+        except PlausibilityError as err:
+            if single:
+                raise
+            refused[case.case_id] = err
+    return refused
+
+
+def _predict_case(case: InputCase, *, out_dir: Path, overwrite: bool, single: bool,
+                  refused: dict[str, Exception], run_case: Any) -> tuple[dict, str]:
+    """One scan of `predict`: its record and the line the CLI prints.
+
+    ``run_case(case) -> (outputs, n_nodules)`` runs the scan; an existing mask is skipped
+    unless ``overwrite``; a failure is recorded, or raised for a ``single`` scan.
+    """
+    record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
+              "n_nodules": None, "seconds": 0.0, "error": None}
+    paths = output_paths(out_dir, case.case_id)
+    if paths["mask"].exists() and not overwrite:
+        record.update(status="skipped", outputs={k: str(v) for k, v in paths.items() if v.exists()},
+                      n_nodules=_written_nodule_count(paths["json"]))
+        return record, f"skipped {case.case_id}: {paths['mask']} exists (use --overwrite to redo)"
+    start = time.perf_counter()
+    try:
+        if case.case_id in refused:
+            raise refused[case.case_id]
+        outputs, n_nodules = run_case(case)
+    except Exception as err:
+        if single:
+            raise
+        record.update(status="failed", error=f"{type(err).__name__}: {err}",
+                      seconds=round(time.perf_counter() - start, 3))
+        logger.warning("Prediction failed for %s: %s", case.path, err)
+        return record, f"FAILED {case.case_id} ({case.path}): {type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    record.update(outputs={k: str(v) for k, v in outputs.items()}, n_nodules=n_nodules,
+                  seconds=round(seconds, 3))
+    return record, f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)"
+
+
 def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
             threshold: float | None = None, min_size_mm3: float | None = None,
@@ -676,15 +728,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
     single = len(cases) == 1 and (Path(input_path).is_file() or cases[0].kind == "dicom")
     estimate = _estimator(config, tta=options["tta"])
     todo = [c for c in cases if overwrite or not output_paths(out, c.case_id)["mask"].exists()]
-    refused: dict[str, Exception] = {}  # header checks: spacing and memory, before any voxel
-    for case in todo:
-        try:
-            if case.kind == "nifti":
-                check_header(case.path, limits=limits, estimate=estimate)
-        except PlausibilityError as err:
-            if single:
-                raise
-            refused[case.case_id] = err
+    refused = _header_refusals(todo, single=single, limits=limits, estimate=estimate)
     # A single scan is read and checked before TensorFlow and the model are loaded.
     preread = _read_case(todo[0], limits=limits, estimate=estimate) if single and todo else None
     model = predict_fn = None
@@ -693,38 +737,15 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
 
         model = _load_model(run, config)
         predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
+    run_case = functools.partial(_run_case, model=model, config=config, run=run, out_dir=out,
+                                 predict_fn=predict_fn, write_probs=write_probs, limits=limits,
+                                 volume=preread, **options)
     records, lines = [], []
     for case in progress_bar(cases, enabled=progress, desc="predict", unit="scan"):
-        record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
-                  "n_nodules": None, "seconds": 0.0, "error": None}
-        paths = output_paths(out, case.case_id)
-        if paths["mask"].exists() and not overwrite:
-            record.update(status="skipped", outputs={k: str(v) for k, v in paths.items() if v.exists()},
-                          n_nodules=_written_nodule_count(paths["json"]))
-            lines.append(f"skipped {case.case_id}: {paths['mask']} exists (use --overwrite to redo)")
-            records.append(record)
-            continue
-        start = time.perf_counter()
-        try:
-            if case.case_id in refused:
-                raise refused[case.case_id]
-            outputs, n_nodules = _run_case(case, model=model, config=config, run=run, out_dir=out,
-                                           predict_fn=predict_fn, write_probs=write_probs,
-                                           limits=limits, volume=preread, **options)
-        except Exception as err:
-            if single:
-                raise
-            record.update(status="failed", error=f"{type(err).__name__}: {err}",
-                          seconds=round(time.perf_counter() - start, 3))
-            lines.append(f"FAILED {case.case_id} ({case.path}): {type(err).__name__}: {err}")
-            logger.warning("Prediction failed for %s: %s", case.path, err)
-            records.append(record)
-            continue
-        seconds = time.perf_counter() - start
-        record.update(outputs={k: str(v) for k, v in outputs.items()}, n_nodules=n_nodules,
-                      seconds=round(seconds, 3))
-        lines.append(f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)")
+        record, line = _predict_case(case, out_dir=out, overwrite=overwrite, single=single,
+                                     refused=refused, run_case=run_case)
         records.append(record)
+        lines.append(line)
     if luna16_csv is not None:
         from pipelines.luna16_eval import write_candidates
 
