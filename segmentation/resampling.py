@@ -13,7 +13,7 @@ Masks are resampled as float and thresholded at 0.5: linear on every axis that i
 downsampled (nearest neighbour there can erase a small nodule), nearest source voxel on an
 axis that is upsampled (nothing can be lost there, and the round trip back is exact instead
 of eroding every convex corner); a connected component that would vanish keeps the voxel
-nearest its centre. Probabilities go back through ``inverse`` with linear
+nearest its centre. Probabilities go back through ``Geometry.inverse`` with linear
 interpolation *before* thresholding; the caller thresholds.
 """
 
