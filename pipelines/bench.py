@@ -44,6 +44,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from segmentation.validation import check_int, check_shape, check_spacing, json_safe
+
 __all__ = [
     "DEFAULT_CONFIG",
     "DEFAULT_SCAN_SHAPE",
@@ -168,39 +170,6 @@ class _Phase:
         self.peak_rss_mib = _phase_peak_mib() if self._resettable else None
 
 
-# --------------------------------------------------------------------------- arguments
-
-
-def _check_positive_int(value: Any, *, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an integer. Received: {name}={value!r}")
-    if value < 1:
-        raise ValueError(f"Expected {name} >= 1. Received: {name}={value!r}")
-    return int(value)
-
-
-def _check_shape(shape: Any, *, name: str = "shape") -> tuple[int, int, int]:
-    try:
-        items = tuple(shape)
-    except TypeError:
-        raise TypeError(f"Expected {name} to be 3 positive integers. Received: {name}={shape!r}") from None
-    if len(items) != 3:
-        raise ValueError(f"Expected {name} to be 3 positive integers. Received: {name}={shape!r}")
-    return tuple(_check_positive_int(s, name=name) for s in items)  # type: ignore[return-value]
-
-
-def _check_spacing(spacing_mm: Any) -> tuple[float, float, float]:
-    try:
-        items = tuple(float(s) for s in spacing_mm)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Expected spacing_mm to be 3 positive numbers. Received: spacing_mm={spacing_mm!r}"
-        ) from None
-    if len(items) != 3 or not all(math.isfinite(s) and s > 0 for s in items):
-        raise ValueError(f"Expected spacing_mm to be 3 positive numbers. Received: spacing_mm={spacing_mm!r}")
-    return items  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------- train
 
 
@@ -263,7 +232,7 @@ def bench_train_speed(config, *, steps: int = DEFAULT_TRAIN_STEPS, warmup_steps:
     from pipelines.training.model import build_model, compile_model
     from segmentation.phantom import write_phantom_dataset
 
-    steps = _check_positive_int(steps, name="steps")
+    steps = check_int(steps, name="steps", minimum=1)
     keras.utils.set_random_seed(seed)
     model = build_model(config)
     n_outputs = len(model.outputs)
@@ -359,8 +328,8 @@ def synthetic_chest_hu(shape: Sequence[int], *, spacing_mm: Sequence[float], see
     Returns:
         float32 (I, J, K) Hounsfield units.
     """
-    shape = _check_shape(shape)
-    spacing = _check_spacing(spacing_mm)
+    shape = check_shape(shape)
+    spacing = check_spacing(spacing_mm)
     rng = np.random.default_rng(seed)
     extent = [n * s for n, s in zip(shape, spacing)]
     body = _ellipse(shape[:2], (extent[0] / 2, extent[1] / 2), (0.45 * extent[0], 0.38 * extent[1]),
@@ -451,8 +420,8 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
     from segmentation.io import volume_from_array
     from segmentation.preprocessing import preprocess_volume
 
-    shape = _check_shape(shape)
-    spacing = _check_spacing(spacing_mm)
+    shape = check_shape(shape)
+    spacing = check_spacing(spacing_mm)
     if scan not in ("auto", "phantom", "synthetic"):
         raise ValueError(f"Expected scan in ('auto', 'phantom', 'synthetic'). Received: scan={scan!r}")
     source = _scan_source(shape, spacing, scan)
@@ -533,8 +502,8 @@ def synthetic_lesion_pair(shape: Sequence[int], *, spacing_mm: Sequence[float], 
     Returns:
         ``(truth bool (I, J, K), pred bool (I, J, K), probs float32 (I, J, K))``.
     """
-    shape = _check_shape(shape)
-    spacing = _check_spacing(spacing_mm)
+    shape = check_shape(shape)
+    spacing = check_spacing(spacing_mm)
     rng = np.random.default_rng(seed)
     truth = np.zeros(shape, dtype=bool)
     pred = np.zeros(shape, dtype=bool)
@@ -564,8 +533,8 @@ def bench_evaluate_speed(*, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
     """
     from segmentation.metrics import evaluate_case
 
-    shape = _check_shape(shape)
-    spacing = _check_spacing(spacing_mm)
+    shape = check_shape(shape)
+    spacing = check_spacing(spacing_mm)
     truth, pred, probs = synthetic_lesion_pair(shape, spacing_mm=spacing, seed=seed)
     with _Phase() as phase:
         result = evaluate_case(truth, pred, spacing_mm=spacing, probs=probs, case_id="bench")
@@ -585,23 +554,6 @@ def bench_evaluate_speed(*, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
 
 
 # --------------------------------------------------------------------------- entry point
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -679,9 +631,9 @@ def run_bench(what: Literal["train", "infer", "evaluate"], *,
     if what not in _WHATS:
         raise ValueError(f"Expected what in {_WHATS}. Received: what={what!r}")
     if steps is not None:
-        steps = _check_positive_int(steps, name="steps")
-    shape = DEFAULT_SCAN_SHAPE if shape is None else _check_shape(shape)
-    spacing = _check_spacing(spacing_mm)
+        steps = check_int(steps, name="steps", minimum=1)
+    shape = DEFAULT_SCAN_SHAPE if shape is None else check_shape(shape)
+    spacing = check_spacing(spacing_mm)
     overrides = [str(o) for o in overrides]
     path = DEFAULT_CONFIG if config_path is None else Path(config_path)
     config = load_config(path, overrides=overrides)
@@ -702,7 +654,7 @@ def run_bench(what: Literal["train", "infer", "evaluate"], *,
         "peak_rss_mib": peak_rss_mib(),
         "machine": machine_info(),
     }
-    result = _json_safe(result)
+    result = json_safe(result)
     if out is not None:
         result["out"] = str(_write_json(Path(out), result))
     return result

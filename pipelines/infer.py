@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -84,6 +85,7 @@ from segmentation.plausibility import (
 from segmentation.preflight import check_output_dir
 from segmentation.preprocessing import preprocess_volume
 from segmentation.runfolder import CONFIG_FILE, MODEL_FILE, RunFolderError, load_run_config
+from segmentation.validation import check_float
 
 __all__ = [
     "CONFIG_FILE",
@@ -206,20 +208,14 @@ def _load_model(run: Path, config: Config) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
-            or not 0.0 < float(threshold) < 1.0:
-        raise InferenceError(f"Expected threshold in (0, 1). Received: threshold={threshold!r}")
-    return float(threshold)
-
-
-def _check_min_size(min_size_mm3: Any) -> float:
-    if isinstance(min_size_mm3, bool) or not isinstance(min_size_mm3, (int, float, np.floating)) \
-            or not (math.isfinite(float(min_size_mm3)) and float(min_size_mm3) >= 0.0):
-        raise InferenceError(
-            f"Expected min_size_mm3 to be a finite number >= 0. Received: min_size_mm3={min_size_mm3!r}"
-        )
-    return float(min_size_mm3)
+def _check_options(threshold: Any, min_size_mm3: Any) -> tuple[float | None, float | None]:
+    """The ``threshold`` and ``min_size_mm3`` a caller passed (None: the config's, checked by it)."""
+    if threshold is not None:
+        threshold = check_float(threshold, name="threshold", minimum=0, maximum=1, low_open=True,
+                                high_open=True, error=InferenceError)
+    if min_size_mm3 is not None:
+        min_size_mm3 = check_float(min_size_mm3, name="min_size_mm3", minimum=0, error=InferenceError)
+    return threshold, min_size_mm3
 
 
 def _source_spacing_mm(volume: Volume) -> tuple[float, float, float]:
@@ -250,12 +246,13 @@ def predict_volume(model: Any, config: Config, volume: Volume, *, tta: bool | No
         stored on disk (write them with ``space="source"``).
 
     Raises:
-        InferenceError: Bad ``threshold`` or ``min_size_mm3``.
+        InferenceError: ``threshold`` or ``min_size_mm3`` out of range.
+        TypeError: ``threshold`` or ``min_size_mm3`` is not a number.
         ValueError: A non-finite preprocessed image (from `predict_probabilities`).
     """
-    threshold = _check_threshold(config.inference.threshold if threshold is None else threshold)
-    min_size_mm3 = _check_min_size(
-        config.inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3)
+    threshold, min_size_mm3 = _check_options(threshold, min_size_mm3)
+    threshold = config.inference.threshold if threshold is None else threshold
+    min_size_mm3 = config.inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3
     return _predict_checked(model, config, volume, tta=tta, threshold=threshold,
                             min_size_mm3=min_size_mm3, predict_fn=predict_fn)
 
@@ -609,6 +606,57 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
     return outputs, len(rows)
 
 
+def _header_refusals(todo: Sequence[InputCase], *, single: bool, limits: ScanLimits,
+                     estimate: Any) -> dict[str, Exception]:
+    """Header checks (spacing and memory) of the NIfTI scans, before any voxel is read.
+
+    Returns:
+        ``case_id -> PlausibilityError`` of the scans refused; a single scan raises instead.
+    """
+    refused: dict[str, Exception] = {}
+    for case in todo:
+        try:
+            if case.kind == "nifti":
+                check_header(case.path, limits=limits, estimate=estimate)
+        except PlausibilityError as err:
+            if single:
+                raise
+            refused[case.case_id] = err
+    return refused
+
+
+def _predict_case(case: InputCase, *, out_dir: Path, overwrite: bool, single: bool,
+                  refused: dict[str, Exception], run_case: Any) -> tuple[dict, str]:
+    """One scan of `predict`: its record and the line the CLI prints.
+
+    ``run_case(case) -> (outputs, n_nodules)`` runs the scan; an existing mask is skipped
+    unless ``overwrite``; a failure is recorded, or raised for a ``single`` scan.
+    """
+    record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
+              "n_nodules": None, "seconds": 0.0, "error": None}
+    paths = output_paths(out_dir, case.case_id)
+    if paths["mask"].exists() and not overwrite:
+        record.update(status="skipped", outputs={k: str(v) for k, v in paths.items() if v.exists()},
+                      n_nodules=_written_nodule_count(paths["json"]))
+        return record, f"skipped {case.case_id}: {paths['mask']} exists (use --overwrite to redo)"
+    start = time.perf_counter()
+    try:
+        if case.case_id in refused:
+            raise refused[case.case_id]
+        outputs, n_nodules = run_case(case)
+    except Exception as err:
+        if single:
+            raise
+        record.update(status="failed", error=f"{type(err).__name__}: {err}",
+                      seconds=round(time.perf_counter() - start, 3))
+        logger.warning("Prediction failed for %s: %s", case.path, err)
+        return record, f"FAILED {case.case_id} ({case.path}): {type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    record.update(outputs={k: str(v) for k, v in outputs.items()}, n_nodules=n_nodules,
+                  seconds=round(seconds, 3))
+    return record, f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)"
+
+
 def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             out_dir: str | os.PathLike, write_probs: bool = False, tta: bool | None = None,
             threshold: float | None = None, min_size_mm3: float | None = None,
@@ -642,6 +690,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
     Raises:
         InferenceError: Bad run folder, input path or option (names it); all checked
             before TensorFlow and the model are loaded.
+        TypeError: A ``threshold`` or ``min_size_mm3`` that is not a number.
         segmentation.plausibility.PlausibilityError: A scan that is not plausible (spacing,
             memory, not HU), or a window too large for the memory budget.
         segmentation.io.VolumeError / segmentation.dicom.DicomError: The scan of a
@@ -658,10 +707,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
             f"read as scans next time). Received: out_dir='{out}', input='{input_path}'"
         )
     check_output_dir(out, option="out_dir", inputs=[("input_path", input_path), ("model_dir", model_dir)])
-    if threshold is not None:
-        threshold = _check_threshold(threshold)
-    if min_size_mm3 is not None:
-        min_size_mm3 = _check_min_size(min_size_mm3)
+    threshold, min_size_mm3 = _check_options(threshold, min_size_mm3)
     run = _as_path(model_dir, name="model_dir")
     config = _run_config(run)
     if window is not None:
@@ -682,15 +728,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
     single = len(cases) == 1 and (Path(input_path).is_file() or cases[0].kind == "dicom")
     estimate = _estimator(config, tta=options["tta"])
     todo = [c for c in cases if overwrite or not output_paths(out, c.case_id)["mask"].exists()]
-    refused: dict[str, Exception] = {}  # header checks: spacing and memory, before any voxel
-    for case in todo:
-        try:
-            if case.kind == "nifti":
-                check_header(case.path, limits=limits, estimate=estimate)
-        except PlausibilityError as err:
-            if single:
-                raise
-            refused[case.case_id] = err
+    refused = _header_refusals(todo, single=single, limits=limits, estimate=estimate)
     # A single scan is read and checked before TensorFlow and the model are loaded.
     preread = _read_case(todo[0], limits=limits, estimate=estimate) if single and todo else None
     model = predict_fn = None
@@ -699,38 +737,15 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
 
         model = _load_model(run, config)
         predict_fn = make_predict_fn(model, batch_size=inference.batch_size)
+    run_case = functools.partial(_run_case, model=model, config=config, run=run, out_dir=out,
+                                 predict_fn=predict_fn, write_probs=write_probs, limits=limits,
+                                 volume=preread, **options)
     records, lines = [], []
     for case in progress_bar(cases, enabled=progress, desc="predict", unit="scan"):
-        record = {"case_id": case.case_id, "input": str(case.path), "status": "ok", "outputs": {},
-                  "n_nodules": None, "seconds": 0.0, "error": None}
-        paths = output_paths(out, case.case_id)
-        if paths["mask"].exists() and not overwrite:
-            record.update(status="skipped", outputs={k: str(v) for k, v in paths.items() if v.exists()},
-                          n_nodules=_written_nodule_count(paths["json"]))
-            lines.append(f"skipped {case.case_id}: {paths['mask']} exists (use --overwrite to redo)")
-            records.append(record)
-            continue
-        start = time.perf_counter()
-        try:
-            if case.case_id in refused:
-                raise refused[case.case_id]
-            outputs, n_nodules = _run_case(case, model=model, config=config, run=run, out_dir=out,
-                                           predict_fn=predict_fn, write_probs=write_probs,
-                                           limits=limits, volume=preread, **options)
-        except Exception as err:
-            if single:
-                raise
-            record.update(status="failed", error=f"{type(err).__name__}: {err}",
-                          seconds=round(time.perf_counter() - start, 3))
-            lines.append(f"FAILED {case.case_id} ({case.path}): {type(err).__name__}: {err}")
-            logger.warning("Prediction failed for %s: %s", case.path, err)
-            records.append(record)
-            continue
-        seconds = time.perf_counter() - start
-        record.update(outputs={k: str(v) for k, v in outputs.items()}, n_nodules=n_nodules,
-                      seconds=round(seconds, 3))
-        lines.append(f"ok {case.case_id}: {n_nodules} nodule(s) -> {outputs['mask']} ({seconds:.1f} s)")
+        record, line = _predict_case(case, out_dir=out, overwrite=overwrite, single=single,
+                                     refused=refused, run_case=run_case)
         records.append(record)
+        lines.append(line)
     if luna16_csv is not None:
         from pipelines.luna16_eval import write_candidates
 

@@ -36,7 +36,7 @@ import scipy.ndimage as ndi
 import tensorflow as tf
 
 from segmentation import preprocessing
-from segmentation.alignment import spacing_from_affine
+from segmentation.alignment import add_channel_axis, spacing_from_affine
 from segmentation.config import Config
 from segmentation.lungmask import LUNG_AIR_HU, drop_components_outside, lung_region
 from segmentation.preprocessing import AIR_HU, normalised_level
@@ -209,7 +209,7 @@ def predict_probabilities(model: Any, image_net: np.ndarray, *, config: Config,
     skip = skip_air_window_fn(image, config=config) if inference.skip_empty_windows else None
     if config.model.spatial_dims == 3:
         return sliding_window_inference(
-            image[..., None],
+            add_channel_axis(image),
             predict_fn,
             window=inference_window(config),
             overlap=inference.overlap,

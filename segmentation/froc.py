@@ -12,7 +12,7 @@ Medical Image Analysis 2017, and its published evaluation script):
 * A candidate that hits no nodule but an excluded finding (non-nodules, nodules < 3 mm,
   nodules marked by fewer than 3 readers) is ignored: neither true nor false positive.
 * Every other candidate is a false positive scored by its probability.
-* The FROC curve pools all scans (`segmentation.metrics.froc`): sensitivity = detected /
+* The FROC curve pools all scans (`froc`): sensitivity = detected /
   all nodules, false positives per scan = false positives / number of scans, one point per
   distinct score threshold; sensitivities at 1/8, 1/4, 1/2, 1, 2, 4, 8 FP per scan are
   linearly interpolated on it and their mean is the CPM.
@@ -31,12 +31,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from segmentation.metrics import FROC_FP_RATES, froc
-
 __all__ = [
     "EXCLUDED_DEFAULT_DIAMETER_MM",
+    "FROC_FP_RATES",
     "PLOT_FP_RATES",
     "ScanMatch",
+    "froc",
     "luna16_froc",
     "match_scan",
 ]
@@ -46,6 +46,70 @@ EXCLUDED_DEFAULT_DIAMETER_MM = 10.0
 
 PLOT_FP_RATES = tuple(float(2.0 ** e) for e in np.linspace(-3.0, 3.0, 49))
 """FP-per-scan grid of the plotted curve and its band (contains the seven FROC_FP_RATES)."""
+
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+"""The seven FP-per-scan operating points of the LUNA16 CPM."""
+
+
+def froc(scores: Sequence[float], is_true_positive: Sequence[bool], *, n_lesions: int,
+         n_scans: int, fp_rates: Sequence[float] = FROC_FP_RATES) -> dict:
+    """FROC curve and CPM by the LUNA16 convention.
+
+    Candidates of all scans are pooled and sorted by score; at each distinct score threshold
+    the curve has the point (false positives / n_scans, true positives / n_lesions), starting at
+    (0, 0). Sensitivity at each requested FP rate is linearly interpolated on that curve
+    (``np.interp``: beyond the last point it stays at the final sensitivity). CPM is the mean
+    over ``fp_rates``. Lesions never detected keep sensitivity below 1.
+
+    Args:
+        scores: candidate scores (max probability of each matched or false-positive component).
+        is_true_positive: True for a matched component, False for a false positive.
+        n_lesions: number of truth lesions over all scans (denominator of sensitivity).
+        n_scans: number of scans.
+        fp_rates: FP-per-scan operating points (LUNA16: 1/8 ... 8).
+
+    Returns:
+        dict ``{"fp_rates", "sensitivities", "cpm", "curve_fp_per_scan", "curve_sensitivity",
+        "curve_thresholds"}`` (lists of floats; sensitivities and cpm NaN when n_lesions == 0).
+    """
+    score_arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+    tp_arr = np.asarray(is_true_positive, dtype=bool).reshape(-1)
+    if score_arr.shape != tp_arr.shape:
+        raise ValueError(
+            "Expected scores and is_true_positive of equal length. "
+            f"Received: len(scores)={score_arr.size}, len(is_true_positive)={tp_arr.size}")
+    if not np.all(np.isfinite(score_arr)):
+        raise ValueError("Expected finite scores. Received: scores with NaN/inf")
+    if n_scans <= 0:
+        raise ValueError(f"Expected n_scans > 0. Received: n_scans={n_scans}")
+    if n_lesions < int(tp_arr.sum()):
+        raise ValueError(
+            f"Expected n_lesions >= number of true positives ({int(tp_arr.sum())}). "
+            f"Received: n_lesions={n_lesions}")
+    order = np.argsort(-score_arr, kind="stable")
+    sorted_scores, sorted_tp = score_arr[order], tp_arr[order]
+    cum_tp = np.cumsum(sorted_tp)
+    cum_fp = np.cumsum(~sorted_tp)
+    # last index of each run of equal scores = one threshold
+    last = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True]) \
+        if sorted_scores.size else np.zeros(0, dtype=int)
+    fps = np.r_[0.0, cum_fp[last] / n_scans]
+    if n_lesions > 0:
+        sens = np.r_[0.0, cum_tp[last] / n_lesions]
+        at = np.interp(np.asarray(fp_rates, dtype=np.float64), fps, sens)
+        cpm = float(np.mean(at))
+    else:
+        sens = np.full(fps.shape, np.nan)
+        at = np.full(len(fp_rates), np.nan)
+        cpm = float("nan")
+    return {
+        "fp_rates": [float(f) for f in fp_rates],
+        "sensitivities": [float(s) for s in at],
+        "cpm": cpm,
+        "curve_fp_per_scan": [float(f) for f in fps],
+        "curve_sensitivity": [float(s) for s in sens],
+        "curve_thresholds": [float("inf")] + [float(sorted_scores[i]) for i in last],
+    }
 
 
 @dataclasses.dataclass(frozen=True)

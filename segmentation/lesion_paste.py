@@ -49,6 +49,7 @@ __all__ = [
     "transform_lesion",
     "find_position",
     "blend",
+    "patch_arrays",
     "paste_lesions",
 ]
 
@@ -224,6 +225,32 @@ def transform_lesion(lesion: BankLesion, rng: np.random.Generator, *, scale: tup
     return shifted.astype(np.float32), np.ascontiguousarray(mask), weight
 
 
+def patch_arrays(image: Any, mask: Any, lung: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays a lesion is inserted into: a float32 copy of ``image``, ``mask > 0``, ``lung``.
+
+    The one check of `paste_lesions` and `segmentation.synthetic_nodules.insert_nodules`.
+
+    Args:
+        image: ``(I, J, K)`` patch (normalised units).
+        mask: ``(I, J, K)`` truth (> 0 is lesion).
+        lung: ``(I, J, K)`` lung region (truthy inside).
+
+    Returns:
+        ``(image float32 (a new array), mask bool, lung bool)``, all of shape (I, J, K).
+
+    Raises:
+        ValueError: the three are not of one 3D shape.
+    """
+    image = np.array(image, dtype=np.float32)
+    mask = np.asarray(mask) > 0
+    lung = np.asarray(lung, bool)
+    if not (image.shape == mask.shape == lung.shape) or image.ndim != 3:
+        raise ValueError(
+            "Expected image, mask and lung of one 3D shape. "
+            f"Received: image.shape={image.shape}, mask.shape={mask.shape}, lung.shape={lung.shape}")
+    return image, mask, lung
+
+
 def find_position(lung: np.ndarray, forbidden: np.ndarray, *, inner: np.ndarray, outer: np.ndarray,
                   border_vox: int, rng: np.random.Generator, attempts: int) -> tuple[int, ...] | None:
     """A box start where ``outer`` lies in ``lung`` and misses ``forbidden``, or None.
@@ -292,13 +319,7 @@ def paste_lesions(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, bank
     Returns:
         ``(image float32, mask uint8, n_pasted)``; new arrays, the inputs are not changed.
     """
-    image = np.array(image, dtype=np.float32)
-    mask = np.asarray(mask) > 0
-    lung = np.asarray(lung, bool)
-    if not (image.shape == mask.shape == lung.shape) or image.ndim != 3:
-        raise ValueError(
-            "Expected image, mask and lung of one 3D shape. "
-            f"Received: image.shape={image.shape}, mask.shape={mask.shape}, lung.shape={lung.shape}")
+    image, mask, lung = patch_arrays(image, mask, lung)
     others = [lesion for lesion in bank if lesion.case_id != str(case_id)]
     pasted = 0
     if not others:

@@ -34,6 +34,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import regionprops
 
+from segmentation import validation
+
 __all__ = [
     "CONNECTIVITIES",
     "BBox",
@@ -82,15 +84,12 @@ def check_affine(affine: Any, *, spacing_mm: Sequence[float]) -> np.ndarray:
         spacing_mm: the checked voxel size (mm), same axis order.
 
     Raises:
-        ValueError: not a finite (4, 4) matrix, or column norms other than ``spacing_mm``.
+        ValueError: not a finite invertible (4, 4) affine (`segmentation.validation.check_affine`),
+            or column norms other than ``spacing_mm``.
     """
     if affine is None:
         return np.diag([*spacing_mm, 1.0])
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-        raise ValueError(
-            f"Expected affine to be a finite (4, 4) matrix. Received: affine.shape={matrix.shape}"
-        )
+    matrix = validation.check_affine(affine, name="affine")
     norms = np.linalg.norm(matrix[:3, :3], axis=0)
     if not np.allclose(norms, spacing_mm, rtol=1e-3, atol=1e-5):
         raise ValueError(

@@ -42,6 +42,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from segmentation.froc import FROC_FP_RATES, froc
 from segmentation.lesions import (
     CONNECTIVITIES,
     BBox,
@@ -55,6 +56,7 @@ from segmentation.lesions import (
     find_components,
     lesion_table,
 )
+from segmentation.validation import json_safe
 
 __all__ = [
     "CONNECTIVITIES",
@@ -86,7 +88,6 @@ __all__ = [
 ]
 
 DEFAULT_SIZE_BINS_MM = (3.0, 6.0, 10.0, 20.0)
-FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 Criterion = Literal["overlap", "iou"]
 
 
@@ -682,68 +683,6 @@ def evaluate_case(mask_true: Any, mask_pred: Any, *, spacing_mm: Sequence[float]
     )
 
 
-# --------------------------------------------------------------------------- FROC
-def froc(scores: Sequence[float], is_true_positive: Sequence[bool], *, n_lesions: int,
-         n_scans: int, fp_rates: Sequence[float] = FROC_FP_RATES) -> dict:
-    """FROC curve and CPM by the LUNA16 convention.
-
-    Candidates of all scans are pooled and sorted by score; at each distinct score threshold
-    the curve has the point (false positives / n_scans, true positives / n_lesions), starting at
-    (0, 0). Sensitivity at each requested FP rate is linearly interpolated on that curve
-    (``np.interp``: beyond the last point it stays at the final sensitivity). CPM is the mean
-    over ``fp_rates``. Lesions never detected keep sensitivity below 1.
-
-    Args:
-        scores: candidate scores (max probability of each matched or false-positive component).
-        is_true_positive: True for a matched component, False for a false positive.
-        n_lesions: number of truth lesions over all scans (denominator of sensitivity).
-        n_scans: number of scans.
-        fp_rates: FP-per-scan operating points (LUNA16: 1/8 ... 8).
-
-    Returns:
-        dict ``{"fp_rates", "sensitivities", "cpm", "curve_fp_per_scan", "curve_sensitivity",
-        "curve_thresholds"}`` (lists of floats; sensitivities and cpm NaN when n_lesions == 0).
-    """
-    score_arr = np.asarray(scores, dtype=np.float64).reshape(-1)
-    tp_arr = np.asarray(is_true_positive, dtype=bool).reshape(-1)
-    if score_arr.shape != tp_arr.shape:
-        raise ValueError(
-            "Expected scores and is_true_positive of equal length. "
-            f"Received: len(scores)={score_arr.size}, len(is_true_positive)={tp_arr.size}")
-    if not np.all(np.isfinite(score_arr)):
-        raise ValueError("Expected finite scores. Received: scores with NaN/inf")
-    if n_scans <= 0:
-        raise ValueError(f"Expected n_scans > 0. Received: n_scans={n_scans}")
-    if n_lesions < int(tp_arr.sum()):
-        raise ValueError(
-            f"Expected n_lesions >= number of true positives ({int(tp_arr.sum())}). "
-            f"Received: n_lesions={n_lesions}")
-    order = np.argsort(-score_arr, kind="stable")
-    sorted_scores, sorted_tp = score_arr[order], tp_arr[order]
-    cum_tp = np.cumsum(sorted_tp)
-    cum_fp = np.cumsum(~sorted_tp)
-    # last index of each run of equal scores = one threshold
-    last = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True]) \
-        if sorted_scores.size else np.zeros(0, dtype=int)
-    fps = np.r_[0.0, cum_fp[last] / n_scans]
-    if n_lesions > 0:
-        sens = np.r_[0.0, cum_tp[last] / n_lesions]
-        at = np.interp(np.asarray(fp_rates, dtype=np.float64), fps, sens)
-        cpm = float(np.mean(at))
-    else:
-        sens = np.full(fps.shape, np.nan)
-        at = np.full(len(fp_rates), np.nan)
-        cpm = float("nan")
-    return {
-        "fp_rates": [float(f) for f in fp_rates],
-        "sensitivities": [float(s) for s in at],
-        "cpm": cpm,
-        "curve_fp_per_scan": [float(f) for f in fps],
-        "curve_sensitivity": [float(s) for s in sens],
-        "curve_thresholds": [float("inf")] + [float(sorted_scores[i]) for i in last],
-    }
-
-
 # --------------------------------------------------------------------------- summary
 def size_bin_labels(size_bins_mm: Sequence[float] = DEFAULT_SIZE_BINS_MM) -> list[str]:
     """Labels of the size bins: ``"<3", "3-6", "6-10", "10-20", ">=20"`` for the defaults.
@@ -774,18 +713,6 @@ def _check_edges(size_bins_mm: Sequence[float]) -> list[float]:
 def _nanmean(values: Sequence[float]) -> float:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(finite)) if finite else float("nan")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
 
 
 def summarize(results: Sequence[CaseResult], *, small_lesion_mm: float = 10.0,
@@ -890,4 +817,4 @@ def summarize(results: Sequence[CaseResult], *, small_lesion_mm: float = 10.0,
             "threshold": froc_result["curve_thresholds"]},
         "settings": dict(results[0].settings),
     }
-    return _json_safe(summary)
+    return json_safe(summary)

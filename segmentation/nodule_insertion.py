@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from segmentation.alignment import add_channel_axis
 from segmentation.io import atomic_write
 from segmentation.lesion_paste import BankLesion, LesionPasteSpec, build_lesion_bank, paste_lesions
 from segmentation.lungmask import LUNG_AIR_HU, lung_region
@@ -197,7 +198,7 @@ class NoduleInsertionSampler:
             img, msk, _ = insert_nodules(img, msk, lung_patch, spec=self.synthetic, rng=synth_rng,
                                          spacing_mm=spacing, units_per_hu=self.levels.units_per_hu,
                                          parenchyma_level=self.levels.parenchyma)
-        return img[..., None].astype(np.float32), msk[..., None].astype(np.uint8)
+        return add_channel_axis(img).astype(np.float32), add_channel_axis(msk).astype(np.uint8)
 
 
 def with_nodule_insertion(sampler: Any, *, augment: Any, preprocess: Any,

@@ -43,12 +43,11 @@ from segmentation.alignment import (
     Resample,
     ShapeMismatchError,
     body_bbox,
-    resample_mask_to_shape,
-    resample_to_shape,
     separate_slice_axis,
     target_shape,
 )
 from segmentation.lesions import find_components, lesion_table
+from segmentation.validation import check_spacing
 
 __all__ = [
     "AIR_HU",
@@ -66,8 +65,6 @@ __all__ = [
     "air_level",
     "body_level",
     "compute_ct_stats",
-    "resample_image",
-    "resample_mask",
     "preprocess_volume",
     "lesion_records",
     "cache_case",
@@ -99,21 +96,6 @@ def _check_window(window: Any, *, name: str = "window") -> tuple[float, float]:
     if not low < high:
         raise ValueError(f"Expected {name} with low < high. Received: {name}=({low}, {high})")
     return low, high
-
-
-def _check_spacing(value: Any, *, name: str) -> tuple[float, float, float]:
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}") from None
-    if len(items) != 3 or any(
-        isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) for v in items
-    ):
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}")
-    floats = tuple(float(v) for v in items)
-    if not all(math.isfinite(v) and v > 0 for v in floats):
-        raise ValueError(f"Expected {name} to be 3 positive finite numbers (mm). Received: {name}={value!r}")
-    return floats  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +325,7 @@ class PreprocessSpec:
         object.__setattr__(self, "hu_window", _check_window(self.hu_window, name="hu_window"))
         if self.target_spacing_mm is not None:
             object.__setattr__(
-                self, "target_spacing_mm", _check_spacing(self.target_spacing_mm, name="target_spacing_mm")
+                self, "target_spacing_mm", check_spacing(self.target_spacing_mm, name="target_spacing_mm")
             )
         order = self.image_order
         if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= order <= 5:
@@ -441,95 +423,6 @@ def body_level(spec: PreprocessSpec) -> float:
     voxels above it count.
     """
     return max(normalised_level(BODY_ABOVE_HU, spec=spec), air_level(spec))
-
-
-# --------------------------------------------------------------------------------------------
-# Resampling
-# --------------------------------------------------------------------------------------------
-
-
-def resample_image(
-    array: np.ndarray,
-    *,
-    out_shape: Sequence[int],
-    spacing_mm: Sequence[float],
-    order: int = 1,
-    anisotropy_ratio: float = 3.0,
-    anti_aliasing: bool = True,
-) -> np.ndarray:
-    """Resamples an image to ``out_shape`` over the same physical extent.
-
-    When one axis is more than ``anisotropy_ratio`` times coarser than the finest (in the
-    input or the output grid), slices are first resampled in-plane with ``order`` and that
-    axis then linearly: a cubic spline across thick slices overshoots and mixes anatomy that
-    lies millimetres apart, linear interpolation never leaves the range of its neighbours.
-
-    Args:
-        array: ndarray of shape (I, J, K).
-        out_shape: 3 positive ints.
-        spacing_mm: Spacing of ``array`` in mm (same axis order).
-        order: 1 linear, 3 cubic (0-5).
-        anisotropy_ratio: See above (> 1).
-        anti_aliasing: Gaussian pre-filter on downsampled axes (sigma ``(scale - 1) / 2``).
-
-    Returns:
-        float32 ndarray of shape ``out_shape``.
-
-    Raises:
-        ValueError: For a bad spacing, shape, order or ratio.
-    """
-    array = np.asarray(array)
-    spacing = _check_spacing(spacing_mm, name="spacing_mm")
-    if array.ndim != 3:
-        raise ValueError(f"Expected array of shape (I, J, K). Received: array.shape={array.shape}")
-    out_spacing = tuple(s * n / m for s, n, m in zip(spacing, array.shape, _out_shape(out_shape)))
-    axis = separate_slice_axis(spacing, anisotropy_ratio=anisotropy_ratio, target_spacing_mm=out_spacing)
-    return resample_to_shape(array, out_shape, order=order, slice_axis=axis, anti_aliasing=anti_aliasing)
-
-
-def _out_shape(out_shape: Any) -> tuple[int, int, int]:
-    try:
-        items = tuple(out_shape)
-    except TypeError:
-        raise ValueError(f"Expected out_shape to be 3 positive ints. Received: out_shape={out_shape!r}") from None
-    if len(items) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in items):
-        raise ValueError(f"Expected out_shape to be 3 positive ints. Received: out_shape={out_shape!r}")
-    return tuple(int(v) for v in items)  # type: ignore[return-value]
-
-
-def resample_mask(
-    array: np.ndarray,
-    *,
-    out_shape: Sequence[int],
-    spacing_mm: Sequence[float],
-    anisotropy_ratio: float = 3.0,
-    keep_components: bool = True,
-) -> np.ndarray:
-    """Resamples a binary mask as float, thresholds ``>= 0.5``, keeps every component.
-
-    Downsampled axes are interpolated linearly, upsampled axes take the nearest source voxel
-    (see :func:`segmentation.alignment.resample_mask_to_shape`); the operator is separable, so
-    the in-plane / slice-axis split of :func:`resample_image` changes nothing and
-    ``spacing_mm`` and ``anisotropy_ratio`` are only validated, for a uniform signature. Any 26-connected component that would vanish keeps the
-    output voxel nearest its centre voxel (nearest-neighbour or plain thresholding on a
-    downsample can erase a 3 mm nodule).
-
-    Args:
-        array: ndarray of shape (I, J, K); any value > 0 is foreground.
-        out_shape: 3 positive ints.
-        spacing_mm: Spacing of ``array`` in mm.
-        anisotropy_ratio: Accepted for symmetry with :func:`resample_image` (> 1).
-        keep_components: Set False only to see the plain thresholded resample.
-
-    Returns:
-        uint8 ndarray of shape ``out_shape``, values in {0, 1}.
-
-    Raises:
-        ValueError: For a bad spacing, shape or ratio.
-    """
-    _check_spacing(spacing_mm, name="spacing_mm")
-    separate_slice_axis((1.0, 1.0, 1.0), anisotropy_ratio=anisotropy_ratio)  # validates the ratio
-    return resample_mask_to_shape(array, _out_shape(out_shape), keep_components=keep_components)
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,7 +574,7 @@ def lesion_records(mask: np.ndarray, *, spacing_mm: Sequence[float]) -> list[dic
         List of dicts: ``label`` (1-based), ``voxel_count``, ``bbox`` (3 ``[start, stop)``
         pairs), ``centroid_vox`` (3 floats), ``volume_mm3``. Empty for an empty mask.
     """
-    spacing = _check_spacing(spacing_mm, name="spacing_mm")
+    spacing = check_spacing(spacing_mm, name="spacing_mm")
     table = lesion_table(find_components(mask, connectivity=26), spacing_mm=spacing)
     return [
         {
@@ -813,7 +706,7 @@ def load_cached_case(cache_dir: str | Path, case_id: str) -> CachedCase:
         geometry = Geometry.from_dict(record["geometry"])
         if geometry.shape != shape:
             raise ValueError(f"geometry shape {geometry.shape} != shape {shape}")
-        spacing = _check_spacing(record["spacing_mm"], name="spacing_mm")
+        spacing = check_spacing(record["spacing_mm"], name="spacing_mm")
         lesions = record["lesions"]
         if not isinstance(lesions, list) or not all(isinstance(x, dict) for x in lesions):
             raise ValueError("lesions is not a list of objects")

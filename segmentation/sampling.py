@@ -35,13 +35,13 @@ import numpy as np
 from scipy import ndimage
 
 from segmentation.alignment import add_channel_axis
+from segmentation.lesions import find_components
 from segmentation.validation import check_int
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Lesion", "PatchLocation", "PatchSampler"]
 
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 _MAX_NAMES_IN_MESSAGE = 10
 _BODY_GRID_STEP = 4  # body candidates are kept on a 4-voxel grid (1/64 of the voxels)
 
@@ -158,25 +158,30 @@ def _parse_bbox(bbox: Any, *, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     return start, stop
 
 
+def _components(mask: Any) -> list[tuple[tuple[int, ...], tuple[int, ...], np.ndarray]]:
+    """``(bbox_start, bbox_stop, flat_indices)`` of each 26-connected component of ``mask > 0``.
+
+    Components in raster order of their first voxel (`segmentation.lesions.find_components`);
+    ``flat_indices`` are int64 C-order indices inside the component's bounding box.
+    """
+    found = find_components(mask, connectivity=26)
+    if found.count == 0:
+        return []
+    out = []
+    for label, sub in enumerate(ndimage.find_objects(found.labels), start=1):
+        if sub is None:
+            continue
+        start = tuple(int(o + s.start) for o, s in zip(found.offset, sub))
+        stop = tuple(int(o + s.stop) for o, s in zip(found.offset, sub))
+        out.append((start, stop, np.flatnonzero(found.labels[sub] == label).astype(np.int64)))
+    return out
+
+
 def _lesions_from_labels(mask: np.ndarray, *, case_index: int, case_id: str) -> list[Lesion]:
     """Labels the whole mask once (26-connectivity) and returns its lesions."""
-    labels, n = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY_26)
-    lesions = []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        flat = np.flatnonzero(labels[box] == label)
-        lesions.append(
-            Lesion(
-                case_index=case_index,
-                case_id=case_id,
-                voxel_count=int(flat.size),
-                bbox_start=tuple(int(s.start) for s in box),
-                bbox_stop=tuple(int(s.stop) for s in box),
-                flat_indices=flat.astype(np.int64),
-            )
-        )
-    return lesions
+    return [Lesion(case_index=case_index, case_id=case_id, voxel_count=int(flat.size),
+                   bbox_start=start, bbox_stop=stop, flat_indices=flat)  # type: ignore[arg-type]
+            for start, stop, flat in _components(mask)]
 
 
 def _lesion_from_cache(mask: np.ndarray, entry: Any, *, case_index: int, case_id: str) -> Lesion:
@@ -203,22 +208,17 @@ def _lesion_from_cache(mask: np.ndarray, entry: Any, *, case_index: int, case_id
     lo = np.maximum(start, 0)
     hi = np.minimum(stop + 1, shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    labels, _ = ndimage.label(np.asarray(mask[box]) > 0, structure=_CONNECTIVITY_26)
-    for label, sub in enumerate(ndimage.find_objects(labels), start=1):
-        if sub is None or tuple(s.start for s in sub) != tuple(start - lo):
+    for sub_start, sub_stop, flat in _components(np.asarray(mask[box])):
+        sub_start = tuple(int(a + b) for a, b in zip(lo, sub_start))
+        if sub_start != tuple(int(v) for v in start) or flat.size != voxel_count:
             continue
-        flat = np.flatnonzero(labels[sub] == label)
-        if flat.size != voxel_count:
-            continue
-        sub_start = tuple(int(a + s.start) for a, s in zip(lo, sub))
-        sub_stop = tuple(int(a + s.stop) for a, s in zip(lo, sub))
         return Lesion(
             case_index=case_index,
             case_id=case_id,
             voxel_count=voxel_count,
             bbox_start=sub_start,
-            bbox_stop=sub_stop,
-            flat_indices=flat.astype(np.int64),
+            bbox_stop=tuple(int(a + b) for a, b in zip(lo, sub_stop)),
+            flat_indices=flat,
         )
     raise ValueError(
         f"Expected the cached lesion of case {case_id!r} to match a connected component of its "

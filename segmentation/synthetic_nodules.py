@@ -44,7 +44,7 @@ import numpy as np
 from numpy.polynomial import legendre
 from scipy import ndimage as ndi
 
-from segmentation.lesion_paste import find_position
+from segmentation.lesion_paste import find_position, patch_arrays
 from segmentation.phantom import NODULE_KINDS
 from segmentation.validation import check_float, check_int, check_range
 
@@ -270,13 +270,7 @@ def insert_nodules(image: np.ndarray, mask: np.ndarray, lung: np.ndarray, *, spe
         ``(image float32, mask uint8, n_painted)``; new arrays. Nothing is painted into a
         patch with fewer than 64 parenchyma voxels.
     """
-    image = np.array(image, dtype=np.float32)
-    mask = np.asarray(mask) > 0
-    lung = np.asarray(lung, bool)
-    if not (image.shape == mask.shape == lung.shape) or image.ndim != 3:
-        raise ValueError(
-            "Expected image, mask and lung of one 3D shape. "
-            f"Received: image.shape={image.shape}, mask.shape={mask.shape}, lung.shape={lung.shape}")
+    image, mask, lung = patch_arrays(image, mask, lung)
     stats = parenchyma_stats(image, lung & ~mask & (image < parenchyma_level))
     painted = 0
     if stats is None:

@@ -254,6 +254,19 @@ def test_mask_resample_empty_mask_stays_empty():
     assert out.shape == (3, 9, 7) and out.dtype == np.uint8 and out.sum() == 0
 
 
+def test_resample_keeps_constants_and_shape():
+    out = resample_to_shape(np.full((5, 6, 7), 3.5), (9, 4, 7), order=3)
+    assert out.shape == (9, 4, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 3.5, atol=1e-5)
+
+
+def test_resample_anti_aliases_downsampling():
+    checker = (np.indices((12, 12, 12)).sum(axis=0) % 2).astype(np.float32)
+    smooth = resample_to_shape(checker, (4, 4, 4), anti_aliasing=True)
+    aliased = resample_to_shape(checker, (4, 4, 4), anti_aliasing=False)
+    assert np.ptp(smooth) < 0.2 < np.ptp(aliased)
+
+
 def test_slice_axis_is_resampled_linearly_without_overshoot():
     step = np.zeros((4, 4, 8), dtype=np.float32)
     step[..., 4:] = 1.0  # a step edge along the slice axis

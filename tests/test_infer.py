@@ -643,6 +643,17 @@ def test_bad_options_are_errors(truth_run, tmp_path, kwargs, match):
         predict(model_dir=truth_run, input_path=scan, out_dir=tmp_path / "o", progress=False, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"threshold": 1.5}, InferenceError, r"Expected threshold in \(0, 1\)\. Received: threshold=1.5"),
+    ({"min_size_mm3": -2.0}, InferenceError, r"Expected min_size_mm3 >= 0\. Received: min_size_mm3=-2.0"),
+    ({"threshold": True}, TypeError, "threshold to be a number"),
+])
+def test_predict_volume_checks_the_options_it_is_given_before_the_scan(kwargs, error, match):
+    config = load_config(None, overrides=BASE)
+    with pytest.raises(error, match=match):
+        predict_volume(None, config, None, **kwargs)
+
+
 # --------------------------------------------------------------------------- end to end
 
 

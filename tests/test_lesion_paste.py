@@ -19,6 +19,7 @@ from segmentation.lesion_paste import (
     build_lesion_bank,
     find_position,
     paste_lesions,
+    patch_arrays,
     soft_edge_weight,
     transform_lesion,
 )
@@ -273,3 +274,17 @@ def test_config_section_is_off_by_default_and_strict():
         load_config(None, overrides=["augment.lesion_paste.typo=1"])
     paste = load_config("configs/cpu-paste.yaml").augment
     assert paste.lesion_paste.enabled and paste.synthetic_nodules.enabled
+
+
+def test_patch_arrays_copies_the_image_and_binarises_mask_and_lung():
+    image = np.zeros((2, 3, 4), np.int16)
+    mask = np.full((2, 3, 4), 2, np.uint8)
+    out, mask_out, lung_out = patch_arrays(image, mask, np.ones((2, 3, 4)))
+    assert out.dtype == np.float32 and not np.shares_memory(out, image)
+    assert mask_out.dtype == bool and mask_out.all() and lung_out.dtype == bool and lung_out.all()
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (2, 3, 4), (2, 3, 5)), ((2, 3), (2, 3), (2, 3))])
+def test_patch_arrays_of_another_shape_or_not_3d_are_an_error(shapes):
+    with pytest.raises(ValueError, match=r"image, mask and lung of one 3D shape.*lung.shape"):
+        patch_arrays(*(np.zeros(s) for s in shapes))

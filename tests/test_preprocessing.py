@@ -1,4 +1,4 @@
-"""Tests for segmentation.preprocessing: normalisation, resampling, preprocess_volume, cache."""
+"""Tests for segmentation.preprocessing: normalisation, preprocess_volume, cache."""
 
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ from segmentation.preprocessing import (
     lesion_records,
     load_cached_case,
     preprocess_volume,
-    resample_image,
-    resample_mask,
 )
 
 # ------------------------------------------------------------------ HU window
@@ -136,49 +134,6 @@ def test_spec_dict_round_trip():
         crop_to_body=True,
     )
     assert PreprocessSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-
-
-# ------------------------------------------------------------------ resampling
-
-
-def test_resample_image_keeps_constants_and_shape():
-    out = resample_image(np.full((5, 6, 7), 3.5), out_shape=(9, 4, 7), spacing_mm=(1, 1, 1), order=3)
-    assert out.shape == (9, 4, 7) and out.dtype == np.float32
-    np.testing.assert_allclose(out, 3.5, atol=1e-5)
-
-
-def test_resample_image_thick_slices_are_interpolated_linearly():
-    image = np.zeros((6, 6, 6), dtype=np.float32)
-    image[..., 3:] = 1000.0  # step across slices
-    thick = resample_image(image, out_shape=(6, 6, 17), spacing_mm=(0.7, 0.7, 3.0), order=3)
-    assert thick.min() >= 0.0 and thick.max() <= 1000.0
-    fine = resample_image(image, out_shape=(6, 6, 17), spacing_mm=(0.7, 0.7, 2.0), order=3)
-    assert fine.min() < -1.0  # below the ratio: one cubic 3D pass, which rings
-
-
-def test_resample_image_anti_aliases_downsampling():
-    checker = (np.indices((12, 12, 12)).sum(axis=0) % 2).astype(np.float32)
-    smooth = resample_image(checker, out_shape=(4, 4, 4), spacing_mm=(1, 1, 1))
-    aliased = resample_image(checker, out_shape=(4, 4, 4), spacing_mm=(1, 1, 1), anti_aliasing=False)
-    assert np.ptp(smooth) < 0.2 < np.ptp(aliased)
-
-
-def test_resample_image_rejects_bad_spacing():
-    with pytest.raises(ValueError, match="spacing_mm"):
-        resample_image(np.zeros((2, 2, 2)), out_shape=(3, 3, 3), spacing_mm=(1.0, 0.0, 1.0))
-
-
-def test_resample_mask_keeps_small_nodule_on_downsample():
-    mask = np.zeros((12, 12, 12), dtype=np.uint8)
-    mask[4, 4:6, 4:6] = 1  # a 2x2-voxel fleck: below 0.5 everywhere after a 4x downsample
-    assert resample_mask(mask, out_shape=(3, 3, 3), spacing_mm=(0.7, 0.7, 0.7), keep_components=False).sum() == 0
-    out = resample_mask(mask, out_shape=(3, 3, 3), spacing_mm=(0.7, 0.7, 0.7))
-    assert out.dtype == np.uint8 and out.sum() == 1 and out[1, 1, 1] == 1
-
-
-def test_resample_mask_empty():
-    out = resample_mask(np.zeros((4, 4, 4)), out_shape=(2, 8, 4), spacing_mm=(1, 1, 1))
-    assert out.shape == (2, 8, 4) and out.sum() == 0
 
 
 # ------------------------------------------------------------------ preprocess_volume

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 # Importing ``losses`` registers lungseg's losses and loss callbacks with Keras, so that
 # ``keras.saving.load_model`` can rebuild a compiled checkpoint in a fresh process (resume).
@@ -39,6 +38,7 @@ from pipelines.training.data import PreparedData
 from pipelines.training.errors import CheckpointError
 from pipelines.training.model import WarmupDecaySchedule  # noqa: F401  (registered likewise)
 from segmentation.io import atomic_write
+from segmentation.validation import json_safe
 
 __all__ = [
     "STATE_VERSION",
@@ -68,23 +68,9 @@ def _atomic_text(path: Path, text: str) -> None:
     atomic_write(path, write)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def atomic_json(path: Path, data: Any) -> None:
     """Writes ``data`` as indented JSON, atomically; NaN and infinities become ``null``."""
-    _atomic_text(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+    _atomic_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------- checkpoints
