@@ -58,7 +58,9 @@ _CUDA_PROBE = re.compile(
     r"factory|Could not find TensorRT|TF-TRT Warning|computation placer already registered"
 )
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
-_LOG_LINE = re.compile(r"^([IWEF])\d{4} ")  # absl / glog prefix: severity, then MMDD
+# A log line's prefix: absl's (TensorFlow >= 2.18: severity, then MMDD) or TensorFlow's own
+# before that (a timestamp, then the severity).
+_LOG_LINE = re.compile(r"^(?:([IWEF])\d{4} |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) )")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
 
 
@@ -160,7 +162,7 @@ def filter_startup_log(text: str, *, min_log_level: int, drop_cuda_probe: bool) 
     for line in text.splitlines(keepends=True):
         match = _LOG_LINE.match(line)
         if match:
-            dropping = (_SEVERITY[match.group(1)] < min_log_level
+            dropping = (_SEVERITY[match.group(1) or match.group(2)] < min_log_level
                         or (drop_cuda_probe and bool(_CUDA_PROBE.search(line))))
         elif line.rstrip("\n") == _ABSL_PREAMBLE:
             dropping = min_log_level > 0

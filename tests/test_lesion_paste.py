@@ -186,7 +186,7 @@ def test_solid_blending_replaces_what_it_covers():
     weight = np.zeros((3, 3, 3), np.float32)
     weight[1, 1, 1], weight[0, 1, 1] = 1.0, 0.5
     out = blend(under, lesion, weight, subsolid=False)
-    assert out[1, 1, 1] == pytest.approx(0.5) and out[0, 1, 1] == pytest.approx(0.6) and out[2, 2, 2] == VESSEL
+    assert out[1, 1, 1] == pytest.approx(0.5) and out[0, 1, 1] == pytest.approx(0.6) and out[2, 2, 2] == np.float32(VESSEL)
     out = blend(under, lesion, weight, subsolid=True)
     assert np.all(out == np.float32(VESSEL))
 

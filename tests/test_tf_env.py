@@ -165,7 +165,7 @@ def test_first_tensorflow_import_anywhere_writes_no_cuda_probe_error_or_info_lin
     done = _fresh(code)
     assert int(done.stdout.split()[-1]) >= 1
     assert "cuInit" not in done.stderr
-    assert not re.search(r"^I\d{4} ", done.stderr, flags=re.M), done.stderr
+    assert not _INFO_LINE.search(done.stderr), done.stderr
 
 
 @pytest.mark.slow
@@ -173,8 +173,11 @@ def test_a_users_log_level_gets_tensorflows_own_output():
     code = ("from segmentation.tf_env import configure_process, import_tensorflow\n"
             "configure_process()\nimport_tensorflow()")
     done = _fresh(code, **{LOG_LEVEL_VARIABLE: "0"})
-    assert re.search(r"^I\d{4} ", done.stderr, flags=re.M), done.stderr  # nothing filtered
+    assert _INFO_LINE.search(done.stderr), done.stderr  # nothing filtered
 
+
+# An INFO line of TensorFlow's C++ log: absl's prefix (TensorFlow >= 2.18) or the older one.
+_INFO_LINE = re.compile(r"^(I\d{4} |\d{4}-\d\d-\d\d [\d:.]+: I )", flags=re.M)
 
 _STARTUP = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
@@ -206,6 +209,15 @@ def test_filter_startup_log_at_level_zero_keeps_everything_but_the_probe():
     kept = filter_startup_log(_STARTUP, min_log_level=0, drop_cuda_probe=True)
     assert "AVX2" in kept and "oneDNN" in kept and "InitializeLog" in kept
     assert "cuInit" not in kept and "cudart_stub" not in kept
+
+
+def test_filter_startup_log_reads_the_older_tensorflow_prefix():
+    text = ("2026-12-02 18:12:31.038382: I tensorflow/core/util/port.cc:113] oneDNN on.\n"
+            "2026-12-02 18:12:31.067845: E external/cuda_fft.cc:479] Unable to register cuFFT "
+            "factory: Attempting to register factory for plugin cuFFT\n"
+            "2026-12-02 18:12:36.501367: W tensorflow/some.cc:38] A real warning.\n")
+    kept = filter_startup_log(text, min_log_level=1, drop_cuda_probe=True)
+    assert kept == "2026-12-02 18:12:36.501367: W tensorflow/some.cc:38] A real warning.\n"
 
 
 def test_filter_startup_log_of_nothing_is_nothing():
