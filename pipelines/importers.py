@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from segmentation.console import is_terminal
 from segmentation.dicom import read_dicom_series
 from segmentation.io import Volume, atomic_write, write_volume
 from segmentation.lidc import NODULE_COLUMNS, POINT_COLUMNS, build_case, parse_lidc_xml
@@ -110,7 +111,7 @@ def _run_all(function: Callable[..., dict], tasks: Sequence[dict], *, workers: i
              desc: str) -> list[dict]:
     """Runs ``function(**task)`` for every task; a failure becomes ``{"error": ...}``."""
     results: list[dict] = []
-    bar = tqdm(total=len(tasks), desc=desc, unit="scan", disable=not sys.stderr.isatty())
+    bar = tqdm(total=len(tasks), desc=desc, unit="scan", disable=not is_terminal(sys.stderr))
     try:
         if workers == 1:
             for task in tasks:
