@@ -46,45 +46,42 @@ single-scan input raises the error instead (bad input, exit status 2 in the CLI)
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+# `predict` calls `_load_model` through this module's name (tests replace
+# `pipelines.infer._load_model`), and `_write_outputs` calls `write_volume` likewise.
+from pipelines.infer_inputs import (
+    InferenceError,
+    InputCase,
+    _as_path,
+    _estimator,
+    _header_refusals,
+    _load_model,
+    _read_case,
+    _run_config,
+    _window_of,
+    find_inputs,
+    load_run,
+    output_paths,
+)
+from pipelines.infer_nodules import NODULE_COLUMNS, _nodules_csv, nodule_table, size_category, slice_axis
 from segmentation.config import Config, ConfigError
 from segmentation.console import progress_bar
-from segmentation.io import (
-    METAIMAGE_SUFFIXES,
-    NIFTI_SUFFIXES,
-    Volume,
-    atomic_write,
-    case_id_from_path,
-    read_volume,
-    write_volume,
-)
-from segmentation.lesions import Lesion, find_components, lesion_table
-from segmentation.plausibility import (
-    PlausibilityError,
-    ScanLimits,
-    check_header,
-    check_memory,
-    check_scan,
-    estimate_inference_bytes,
-    window_bytes,
-)
+from segmentation.io import Volume, atomic_write, write_volume
+from segmentation.plausibility import ScanLimits, check_memory, window_bytes
 from segmentation.preflight import check_output_dir
 from segmentation.preprocessing import preprocess_volume
-from segmentation.runfolder import CONFIG_FILE, MODEL_FILE, RunFolderError, load_run_config
+from segmentation.runfolder import CONFIG_FILE, MODEL_FILE
 from segmentation.validation import check_float
 
 __all__ = [
@@ -104,103 +101,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-NODULE_COLUMNS = (
-    "id",
-    "centroid_vox_i",
-    "centroid_vox_j",
-    "centroid_vox_k",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
-    "diameter_mm",
-    "volume_mm3",
-    "mean_prob",
-    "max_prob",
-    "slice_start",
-    "slice_end",
-    "size_category",
-)
-"""Columns of ``{case}_nodules.csv`` (and keys of each ``nodules`` entry of the JSON)."""
-
-_SIZE_BANDS_MM = ((6.0, "<6mm"), (8.0, "6-8mm"), (15.0, "8-15mm"), (math.inf, ">=15mm"))
-_DECIMALS = 4
-
-
-class InferenceError(ValueError):
-    """Bad run directory, input or option. The message names the path or the argument."""
-
-
-# --------------------------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------------------------
-
-
-def _as_path(value: Any, *, name: str) -> Path:
-    if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
-        return Path(value)
-    raise TypeError(f"Expected {name} to be a str or os.PathLike. Received: {name}={value!r}")
-
-
-def _check_model(model: Any, config: Config, path: Path) -> None:
-    """The model's input rank and channels must match the run config."""
-    shape = tuple(model.inputs[0].shape)
-    spatial_dims = config.model.spatial_dims
-    channels = config.model.in_channels
-    if len(shape) != spatial_dims + 2 or shape[-1] not in (None, channels):
-        raise InferenceError(
-            f"Expected the model in '{path}' to take {spatial_dims}D inputs with {channels} "
-            f"channel(s) as its config.yaml says (model.spatial_dims={spatial_dims}, "
-            f"model.context_slices={config.model.context_slices}). Received: input shape={shape}"
-        )
-
-
-def load_run(model_dir: str | os.PathLike) -> tuple[Any, Config]:
-    """Loads a training run's model and resolved config.
-
-    Args:
-        model_dir: Run folder holding ``model.keras`` and ``config.yaml`` (as written by
-            ``lungseg train``).
-
-    Returns:
-        ``(model, config)``: the Keras model loaded with ``safe_mode=True`` and
-        ``compile=False`` (inference needs no optimizer or loss), and the `Config` loaded
-        from ``config.yaml``.
-
-    Raises:
-        InferenceError: The folder is missing, lacks ``config.yaml`` or ``model.keras``, its
-            ``config.yaml`` is empty, truncated, incomplete or does not match its hash or the
-            manifest (`segmentation.runfolder.load_run_config`), the model cannot be loaded
-            safely, or its inputs do not match the config.
-        segmentation.config.ConfigError: ``config.yaml`` is invalid (names the file).
-    """
-    run = _as_path(model_dir, name="model_dir")
-    config = _run_config(run)
-    return _load_model(run, config), config
-
-
-def _run_config(run: Path) -> Config:
-    """`segmentation.runfolder.load_run_config`, its errors as `InferenceError`."""
-    try:
-        return load_run_config(run)
-    except RunFolderError as err:
-        raise InferenceError(str(err)) from None
-
-
-def _load_model(run: Path, config: Config) -> Any:
-    """The run's ``model.keras`` (safe mode, not compiled), checked against ``config``."""
-    import keras  # lazy: importing this module stays cheap
-
-    model_path = run / MODEL_FILE
-    try:
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as err:  # corrupt zip, unsafe lambda, unknown layer, ...
-        raise InferenceError(
-            f"Expected a Keras model that loads in safe mode. Received: file='{model_path}' "
-            f"({type(err).__name__}: {err})"
-        ) from err
-    _check_model(model, config, model_path)
-    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,244 +172,6 @@ def _predict_checked(model: Any, config: Config, volume: Volume, *, tta: bool | 
         geometry=geometry, config=config, image_net=image_net, threshold=threshold,
         min_size_mm3=min_size_mm3)
     return probs, mask.view(np.uint8)
-
-
-# --------------------------------------------------------------------------------------------
-# Nodule table (pure)
-# --------------------------------------------------------------------------------------------
-
-
-def size_category(diameter_mm: float) -> str:
-    """Size band of an equivalent diameter: ``<6mm``, ``6-8mm``, ``8-15mm`` or ``>=15mm``.
-
-    Bands are half-open: 6.0 mm is ``"6-8mm"``, 8.0 mm ``"8-15mm"``, 15.0 mm ``">=15mm"``.
-
-    Raises:
-        ValueError: ``diameter_mm`` is negative or not finite.
-    """
-    if not (isinstance(diameter_mm, (int, float, np.floating)) and math.isfinite(diameter_mm)
-            and diameter_mm >= 0):
-        raise ValueError(f"Expected a finite diameter_mm >= 0. Received: diameter_mm={diameter_mm!r}")
-    for upper_mm, label in _SIZE_BANDS_MM:
-        if diameter_mm < upper_mm:
-            return label
-    return _SIZE_BANDS_MM[-1][1]  # pragma: no cover - inf bound always matches
-
-
-def slice_axis(affine: np.ndarray) -> int:
-    """The slice axis of a voxel grid: the axis with the largest spacing.
-
-    Ties (within 1e-6 relative) go to the axis whose direction is closest to the world
-    superior-inferior (z) axis, so an isotropic axial scan reports its axial slices.
-
-    Args:
-        affine: float ``(4, 4)`` voxel -> world affine of the grid.
-
-    Returns:
-        0, 1 or 2.
-    """
-    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
-    spacing = np.linalg.norm(columns, axis=0)
-    largest = np.flatnonzero(spacing >= spacing.max() * (1 - 1e-6))
-    if largest.size == 1:
-        return int(largest[0])
-    z_alignment = np.abs(columns[2, largest]) / spacing[largest]
-    return int(largest[np.argmax(z_alignment)])
-
-
-def nodule_table(mask: np.ndarray, probs: np.ndarray, *, affine: np.ndarray,
-                 connectivity: int = 26) -> list[dict[str, Any]]:
-    """One row per predicted nodule (connected component), largest first.
-
-    The rows of the lesion table (`segmentation.lesions.lesion_table`: components, volumes,
-    equivalent diameters, voxel and world centroids, probabilities; the same definitions as
-    evaluation), computed in the mask's bounding box only.
-
-    Args:
-        mask: uint8/bool ``(I, J, K)`` in source voxel order.
-        probs: float ``(I, J, K)`` probabilities on the same grid.
-        affine: ``(4, 4)`` source voxel -> world (RAS mm) affine.
-        connectivity: 6, 18 or 26.
-
-    Returns:
-        List of dicts with the keys `NODULE_COLUMNS` (floats rounded to 4 decimals;
-        ``slice_start``/``slice_end`` inclusive along `slice_axis`); empty for an empty mask.
-
-    Raises:
-        ValueError: Shapes differ, or a bad mask, affine or connectivity.
-    """
-    mask = np.asarray(mask)
-    probs = np.asarray(probs)
-    if mask.shape != probs.shape or mask.ndim != 3:
-        raise ValueError(
-            f"Expected mask and probs of the same 3D shape. Received: mask.shape={mask.shape}, "
-            f"probs.shape={probs.shape}"
-        )
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"Expected a (4, 4) affine. Received: affine.shape={affine.shape}")
-    components = find_components(mask, connectivity=connectivity)
-    spacing_mm = np.linalg.norm(affine[:3, :3], axis=0)
-    table = lesion_table(components, spacing_mm=spacing_mm, affine=affine, intensity=probs)
-    axis = slice_axis(affine)
-    rows = [_nodule_row(lesion, axis) for lesion in table]
-    rows.sort(key=lambda r: (-r["_volume"], r["slice_start"]))
-    return [{"id": i + 1, **{k: v for k, v in r.items() if k != "_volume"}} for i, r in enumerate(rows)]
-
-
-def _nodule_row(lesion: Lesion, axis: int) -> dict[str, Any]:
-    """A lesion-table row as a nodule row (``_volume``: the unrounded volume, for sorting)."""
-    (vox_i, vox_j, vox_k), (x_mm, y_mm, z_mm) = lesion.centroid_vox, lesion.centroid_mm
-    extent = lesion.bbox[axis]
-    return {
-        "centroid_vox_i": round(vox_i, _DECIMALS),
-        "centroid_vox_j": round(vox_j, _DECIMALS),
-        "centroid_vox_k": round(vox_k, _DECIMALS),
-        "centroid_x_mm": round(x_mm, _DECIMALS),
-        "centroid_y_mm": round(y_mm, _DECIMALS),
-        "centroid_z_mm": round(z_mm, _DECIMALS),
-        "diameter_mm": round(lesion.diameter_mm, _DECIMALS),
-        "volume_mm3": round(lesion.volume_mm3, _DECIMALS),
-        "mean_prob": round(lesion.intensity_mean, _DECIMALS),
-        "max_prob": round(lesion.intensity_max, _DECIMALS),
-        "slice_start": extent.start,
-        "slice_end": extent.stop - 1,
-        "size_category": size_category(lesion.diameter_mm),
-        "_volume": lesion.volume_mm3,
-    }
-
-
-def _nodules_csv(rows: Sequence[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(NODULE_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs and outputs
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class InputCase:
-    """One scan to segment.
-
-    Attributes:
-        case_id: Output file prefix.
-        path: The NIfTI or MetaImage file, or the DICOM series folder.
-        kind: ``"nifti"``, ``"metaimage"`` or ``"dicom"``.
-    """
-
-    case_id: str
-    path: Path
-    kind: Literal["nifti", "metaimage", "dicom"]
-
-
-def _is_nifti(path: Path) -> bool:
-    """True for a NIfTI or a MetaImage (``.mhd``/``.mha``) scan file."""
-    name = path.name.lower()
-    return any(name.endswith(s) and len(name) > len(s) for s in NIFTI_SUFFIXES + METAIMAGE_SUFFIXES)
-
-
-def _file_kind(path: Path) -> Literal["nifti", "metaimage"]:
-    return "metaimage" if path.name.lower().endswith(METAIMAGE_SUFFIXES) else "nifti"
-
-
-def find_inputs(input_path: str | os.PathLike) -> list[InputCase]:
-    """The scans of ``--input``: a NIfTI file, a folder of NIfTI files, or a DICOM folder.
-
-    Args:
-        input_path: A ``.nii``/``.nii.gz`` file; a folder whose ``.nii``/``.nii.gz`` files
-            (hidden files excluded, sorted by name) are the cases; or a folder without
-            NIfTI files whose DICOM images form one series (case id: the folder name).
-
-    Returns:
-        The cases, in order.
-
-    Raises:
-        InferenceError: Missing path, a file that is not NIfTI, a folder with neither NIfTI
-            files nor DICOM images, or two files with the same case id.
-        segmentation.dicom.DicomError: A corrupt DICOM file in a DICOM folder.
-    """
-    from segmentation.dicom import find_dicom_series
-
-    path = _as_path(input_path, name="input_path")
-    if not path.exists():
-        raise InferenceError(f"Expected an existing NIfTI file or folder. Received: input='{path}' (not found)")
-    if path.is_file():
-        if not _is_nifti(path):
-            raise InferenceError(
-                "Expected a NIfTI file (.nii, .nii.gz) or MetaImage (.mhd, .mha), a folder of them, "
-                "or a folder holding one "
-                f"DICOM series. Received: input='{path}'"
-            )
-        return [InputCase(case_id_from_path(path), path, _file_kind(path))]
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _is_nifti(p))
-    if files:
-        cases = [InputCase(case_id_from_path(p), p, _file_kind(p)) for p in files]
-        seen: dict[str, Path] = {}
-        for case in cases:
-            if case.case_id in seen:
-                raise InferenceError(
-                    f"Expected one file per case in folder '{path}'. Received: '{seen[case.case_id].name}' "
-                    f"and '{case.path.name}' both give case id '{case.case_id}'"
-                )
-            seen[case.case_id] = case.path
-        return cases
-    if not find_dicom_series(path):
-        raise InferenceError(
-            "Expected NIfTI files (.nii, .nii.gz) or the DICOM slices of one series in folder "
-            f"'{path}'. Received: neither"
-        )
-    return [InputCase(path.resolve().name, path, "dicom")]
-
-
-def output_paths(out_dir: str | os.PathLike, case_id: str) -> dict[str, Path]:
-    """The output files of a case: keys ``mask``, ``probs``, ``csv``, ``json``."""
-    out = Path(out_dir)
-    return {
-        "mask": out / f"{case_id}_mask.nii.gz",
-        "probs": out / f"{case_id}_probs.nii.gz",
-        "csv": out / f"{case_id}_nodules.csv",
-        "json": out / f"{case_id}_nodules.json",
-    }
-
-
-def _window_of(config: Config) -> tuple[int, ...]:
-    """``inference.window`` or ``train.patch_size``: the rule of
-    `pipelines.predictor.inference_window`, here without importing TensorFlow."""
-    window = config.inference.window
-    return tuple(int(w) for w in (config.train.patch_size if window is None else window))
-
-
-def _estimator(config: Config, *, tta: bool) -> Any:
-    """``estimate(shape, spacing_mm, itemsize)``: the memory of predicting one scan."""
-
-    def estimate(shape: Sequence[int], spacing_mm: Sequence[float], itemsize: int) -> dict:
-        return estimate_inference_bytes(
-            shape, spacing_mm, target_spacing_mm=config.preprocess.target_spacing_mm,
-            window=_window_of(config), batch_size=config.inference.batch_size,
-            channels=config.model.in_channels, filters=config.model.filters, tta=tta,
-            source_itemsize=itemsize)
-
-    return estimate
-
-
-def _read_case(case: InputCase, *, limits: ScanLimits | None = None, estimate: Any = None) -> Volume:
-    """Reads a scan; with ``limits``, checks its header first and the voxels after."""
-    if case.kind == "dicom":
-        from segmentation.dicom import read_dicom_series
-
-        volume = read_dicom_series(case.path)
-    else:
-        if limits is not None:
-            check_header(case.path, limits=limits, estimate=estimate)
-        volume = read_volume(case.path, kind="image")
-    if limits is not None:
-        check_scan(volume, limits=limits, estimate=estimate)
-    return volume
 
 
 def _write_outputs(paths: dict[str, Path], *, volume: Volume, probs: np.ndarray | None,
@@ -604,25 +266,6 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
         logger.info("Removed stale %s", paths["probs"])
     outputs = {k: v for k, v in paths.items() if k != "probs" or write_probs}
     return outputs, len(rows)
-
-
-def _header_refusals(todo: Sequence[InputCase], *, single: bool, limits: ScanLimits,
-                     estimate: Any) -> dict[str, Exception]:
-    """Header checks (spacing and memory) of the NIfTI scans, before any voxel is read.
-
-    Returns:
-        ``case_id -> PlausibilityError`` of the scans refused; a single scan raises instead.
-    """
-    refused: dict[str, Exception] = {}
-    for case in todo:
-        try:
-            if case.kind == "nifti":
-                check_header(case.path, limits=limits, estimate=estimate)
-        except PlausibilityError as err:
-            if single:
-                raise
-            refused[case.case_id] = err
-    return refused
 
 
 def _predict_case(case: InputCase, *, out_dir: Path, overwrite: bool, single: bool,
