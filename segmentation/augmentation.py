@@ -7,6 +7,11 @@ threads at once (tf.data runs it in parallel).
 Order: flips (NumPy) -> in-plane 90-degree rotation (NumPy) -> small in-plane
 rotation and isotropic scaling (albumentations ``Affine``) -> brightness /
 contrast -> gamma -> Gaussian noise -> in-plane Gaussian blur (albumentations).
+Scanner effects (off by default, 3D patches only; NumPy/SciPy) come between the
+geometric and the intensity transforms: a Gaussian blur along the slice axis (thicker
+slices than the training scans') and an in-plane unsharp mask (a sharper reconstruction
+kernel, which also raises the noise). They draw from their own stream, so turning them on
+leaves every other draw of a sample unchanged.
 
 3D patches ``(I, J, K, C)``: the axial plane is (I, J) and K is the slice axis.
 The geometric transform is drawn once and applied identically to every axial
@@ -74,6 +79,13 @@ class AugmentSpec:
         p_noise: Probability of noise.
         blur_sigma: In-plane Gaussian blur sigma range, in voxels.
         p_blur: Probability of blur.
+        slice_blur_sigma: Gaussian blur sigma range along the slice axis K, in voxels
+            (3D only): scans reconstructed with thicker slices.
+        p_slice_blur: Probability of the slice-axis blur (0: off).
+        sharpen_amount: Unsharp-mask amount range ``a``: ``x + a * (x - blur(x))`` with an
+            in-plane Gaussian of ``sharpen_sigma`` voxels (3D only): a sharper kernel.
+        sharpen_sigma: In-plane sigma of the unsharp mask, in voxels.
+        p_sharpen: Probability of the unsharp mask (0: off).
         lesion_paste: Lesion copy-paste (`segmentation.lesion_paste`; off by default).
             Applied by the sampler wrapper `segmentation.nodule_insertion`, before the
             transforms above; ``enabled: false`` here turns it off too.
@@ -96,6 +108,11 @@ class AugmentSpec:
     p_noise: float = 0.15
     blur_sigma: tuple[float, float] = (0.5, 1.0)
     p_blur: float = 0.1
+    slice_blur_sigma: tuple[float, float] = (0.5, 1.5)
+    p_slice_blur: float = 0.0
+    sharpen_amount: tuple[float, float] = (0.3, 1.0)
+    sharpen_sigma: float = 1.0
+    p_sharpen: float = 0.0
     lesion_paste: LesionPasteSpec = field(default_factory=LesionPasteSpec)
     synthetic_nodules: SyntheticNoduleSpec = field(default_factory=SyntheticNoduleSpec)
 
@@ -111,7 +128,7 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
             p = getattr(spec, f.name)
             if not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
                 raise ValueError(f"Expected 0 <= spec.{f.name} <= 1. Received: {f.name}={p!r}")
-    for name in ("rotate_deg", "brightness", "contrast", "noise_std"):
+    for name in ("rotate_deg", "brightness", "contrast", "noise_std", "sharpen_sigma"):
         v = getattr(spec, name)
         if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
             raise ValueError(f"Expected spec.{name} to be a finite number >= 0. Received: {name}={v!r}")
@@ -125,6 +142,12 @@ def _check_spec(spec: AugmentSpec, *, spatial_dims: int) -> tuple[int, ...]:
             raise TypeError(f"Expected spec.{name} to be a {kind.__name__}. Received: {name}={getattr(spec, name)!r}")
     check_range(spec.gamma, name="spec.gamma", positive=True)
     check_range(spec.blur_sigma, name="spec.blur_sigma", positive=True)
+    check_range(spec.slice_blur_sigma, name="spec.slice_blur_sigma", positive=True)
+    check_range(spec.sharpen_amount, name="spec.sharpen_amount", positive=True)
+    if spec.p_sharpen > 0 and spec.sharpen_sigma <= 0:
+        raise ValueError(
+            f"Expected spec.sharpen_sigma > 0 when p_sharpen > 0. Received: sharpen_sigma={spec.sharpen_sigma!r}"
+        )
     axes = tuple(spec.flip_axes)
     valid = all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a <= 2 for a in axes)
     if not valid or len(set(axes)) != len(axes):
@@ -237,6 +260,27 @@ def _apply_intensity(compose: A.Compose, image: np.ndarray) -> np.ndarray:
     return out * span + offset
 
 
+def _scanner_effects(image: np.ndarray, spec: AugmentSpec, seed: int) -> np.ndarray:
+    """Slice-axis blur and in-plane unsharp mask of a float (I, J, K, C) patch.
+
+    Draws from its own stream of ``seed``; the result stays within the patch's [min, max].
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7363616E]))
+    draws = rng.random(2)
+    slice_sigma = float(rng.uniform(*spec.slice_blur_sigma))
+    amount = float(rng.uniform(*spec.sharpen_amount))
+    if draws[0] < spec.p_slice_blur:
+        image = ndimage.gaussian_filter1d(image, slice_sigma, axis=2, mode="nearest")
+    if draws[1] < spec.p_sharpen:
+        sigma = float(spec.sharpen_sigma)
+        smooth = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0.0, 0.0), mode="nearest")
+        # the windowed scan of a sharp kernel stays inside the window: clip to the patch's range
+        image = np.clip(image + amount * (image - smooth), image.min(), image.max())
+    return image
+
+
 def build_augmenter(spec: AugmentSpec, *, spatial_dims: int) -> Augmenter:
     """Builds ``augment(image, mask, seed) -> (image, mask)``.
 
@@ -285,6 +329,8 @@ def build_augmenter(spec: AugmentSpec, *, spatial_dims: int) -> Augmenter:
         if geometric is not None:
             _reseed(geometric, int(rng.integers(_MAX_SEED)))
             image, mask = _apply_affine(geometric, image, mask, spatial_dims=spatial_dims)
+        if spatial_dims == 3 and (spec.p_slice_blur > 0 or spec.p_sharpen > 0):
+            image = _scanner_effects(image, spec, int(seed))
         if intensity is not None:
             _reseed(intensity, int(rng.integers(_MAX_SEED)))
             image = _apply_intensity(intensity, image)

@@ -291,3 +291,78 @@ def test_bad_call_inputs_raise():
         aug(image, mask, -1)
     with pytest.raises(ValueError, match="image.dtype"):
         aug(image.astype(np.int16), mask, 0)
+
+
+# ------------------------------------------------------------------ scanner effects
+SCANNER_ONLY = dict(enabled=True, **NO_GEOMETRY, **NO_INTENSITY)
+
+
+def test_slice_blur_smooths_along_k_only():
+    # one bright axial slice: the blur spreads it to its neighbours along K, never in-plane
+    image = np.zeros((8, 8, 9, 1), np.float32)
+    image[2:6, 2:6, 4] = 1.0
+    mask = np.zeros_like(image, dtype=np.uint8)
+    aug = build_augmenter(AugmentSpec(**SCANNER_ONLY, p_slice_blur=1.0, slice_blur_sigma=(1.0, 1.0)),
+                          spatial_dims=3)
+    out, out_mask = aug(image, mask, 5)
+    assert out[3, 3, 4, 0] < 1.0 and out[3, 3, 3, 0] > 0.1 and out[3, 3, 5, 0] > 0.1
+    np.testing.assert_allclose(out[3, 3, :, 0].sum(), 1.0, atol=1e-5)  # mass kept along K
+    assert np.all(out[0] == 0) and np.all(out[:, 7] == 0)  # nothing in-plane outside the square
+    np.testing.assert_array_equal(out_mask, mask)
+
+
+def test_sharpen_raises_edges_and_stays_in_the_patch_range():
+    image = np.full((16, 16, 4, 1), 0.2, np.float32)
+    image[3:13, 3:13] = 0.6
+    image[0, 0, 0, 0], image[15, 15, 3, 0] = 0.0, 1.0  # the patch's range is [0, 1]
+    aug = build_augmenter(AugmentSpec(**SCANNER_ONLY, p_sharpen=1.0, sharpen_amount=(1.0, 1.0)),
+                          spatial_dims=3)
+    out, _ = aug(image, np.zeros_like(image, dtype=np.uint8), 1)
+    assert out[3, 8, 1, 0] > 0.6 and out[2, 8, 1, 0] < 0.2  # overshoot on both sides of the edge
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out[8, 8, 1, 0], 0.6, atol=0.01)  # flat interior nearly unchanged
+
+
+def test_scanner_effects_off_leave_other_draws_unchanged():
+    # the scanner effects draw from their own stream: p = 0 gives the same sample as before
+    rng = np.random.default_rng(3)
+    image = rng.random((16, 16, 8, 1)).astype(np.float32)
+    mask = _blob_3d()
+    base = build_augmenter(AugmentSpec(**ALL_ON), spatial_dims=3)
+    same = build_augmenter(AugmentSpec(**ALL_ON, p_slice_blur=0.0, p_sharpen=0.0, sharpen_amount=(2.0, 3.0)),
+                           spatial_dims=3)
+    for seed in (0, 7):
+        a, b = base(image, mask, seed), same(image, mask, seed)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_scanner_effects_are_a_function_of_the_seed():
+    image = np.random.default_rng(4).random((12, 12, 6, 1)).astype(np.float32)
+    mask = np.zeros_like(image, dtype=np.uint8)
+    spec = AugmentSpec(**SCANNER_ONLY, p_slice_blur=0.5, p_sharpen=0.5)
+    aug = build_augmenter(spec, spatial_dims=3)
+    outs = [aug(image, mask, s)[0] for s in range(8)]
+    again = [build_augmenter(spec, spatial_dims=3)(image, mask, s)[0] for s in range(8)]
+    for a, b in zip(outs, again):
+        np.testing.assert_array_equal(a, b)
+    assert len({o.tobytes() for o in outs}) > 1
+
+
+def test_scanner_effects_do_not_apply_to_2d_patches():
+    image = np.random.default_rng(5).random((12, 12, 3)).astype(np.float32)
+    mask = np.zeros((12, 12, 1), np.uint8)
+    aug = build_augmenter(AugmentSpec(**SCANNER_ONLY, p_slice_blur=1.0, p_sharpen=1.0), spatial_dims=2)
+    np.testing.assert_array_equal(aug(image, mask, 0)[0], image)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(slice_blur_sigma=(1.5, 0.5)), "slice_blur_sigma"),
+    (dict(sharpen_amount=(-1.0, 1.0)), "sharpen_amount"),
+    (dict(p_sharpen=1.5), "p_sharpen"),
+    (dict(p_sharpen=0.5, sharpen_sigma=0.0), "sharpen_sigma"),
+    (dict(sharpen_sigma=-1.0), "sharpen_sigma"),
+])
+def test_scanner_effect_settings_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_augmenter(AugmentSpec(**kwargs), spatial_dims=3)
