@@ -272,7 +272,7 @@ def test_config_section_is_off_by_default_and_strict():
     assert not config.augment.lesion_paste.enabled and not config.augment.synthetic_nodules.enabled
     with pytest.raises(ConfigError, match="augment.lesion_paste.typo.*edge_vox, enabled"):
         load_config(None, overrides=["augment.lesion_paste.typo=1"])
-    paste = load_config("configs/cpu-paste.yaml").augment
+    paste = load_config("configs/cpu.yaml").augment
     assert paste.lesion_paste.enabled and paste.synthetic_nodules.enabled
 
 
