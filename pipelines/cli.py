@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines import importers
+from pipelines.detectability import DEFAULT_CONTRASTS_HU, DEFAULT_DIAMETERS_MM, DEFAULT_KINDS
 from pipelines.evaluate import evaluate
 from pipelines.luna16_eval import evaluate_luna16
 from segmentation.config import load_config
@@ -71,7 +72,10 @@ _COMMAND_WORDS = {
                 "threshold in (0, 1)": "--threshold in (0, 1)", "threshold=": "--threshold=", "min_size_mm3=": "--min-size-mm3=",
                 "window=": "--window="},
     "bench": {"steps=": "--steps=", "shape=": "--shape="},
-    "study": {"data_dir": "--data", "n_seeds": "--seeds"},
+    "study": {"data_dir": "--data", "n_seeds": "--seeds", "model_dir": "--model",
+              "input_path": "--input", "labels_dir": "--labels", "per_cell": "--per-cell",
+              "diameters_mm": "--diameters-mm", "contrasts_hu": "--contrasts-hu", "kinds": "--kinds",
+              "seed=": "--seed="},
 }
 
 
@@ -262,6 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
     losses.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
     losses.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                         metavar="KEY=VALUE", help="override config values (repeatable)")
+    probe = study_kinds.add_parser(
+        "detectability", help="paint nodules of known size and contrast into scans; which does the model find?")
+    probe.add_argument("--model", type=Path, required=True, help="run folder (model.keras + config.yaml)")
+    probe.add_argument("--input", type=Path, required=True,
+                       help="scans to paint into (NIfTI file or folder, or a DICOM series), unseen in training")
+    probe.add_argument("--labels", type=Path, default=None,
+                       help="their truth masks ({case}.nii.gz): painted nodules keep away from these lesions")
+    probe.add_argument("--out", type=Path, required=True,
+                       help="output folder (detectability.csv, summary.json, report.md, detectability.png)")
+    probe.add_argument("--kinds", default=",".join(DEFAULT_KINDS),
+                       help="comma-separated nodule kinds: solid, part_solid, ground_glass (default %(default)s)")
+    probe.add_argument("--diameters-mm", type=float, nargs="+", default=list(DEFAULT_DIAMETERS_MM),
+                       metavar="MM", help="nodule diameters (default %(default)s)")
+    probe.add_argument("--contrasts-hu", type=float, nargs="+", default=list(DEFAULT_CONTRASTS_HU),
+                       metavar="HU", help="contrasts above the parenchyma (default %(default)s)")
+    probe.add_argument("--per-cell", type=int, default=4,
+                       help="nodules per kind x diameter x contrast (default %(default)s)")
+    probe.add_argument("--seed", type=int, default=0, help="seed of positions and shapes (default 0)")
+    probe.add_argument("--save-scans", action="store_true",
+                       help="also write the painted scans and their nodule labels (scans/)")
+    probe.add_argument("--overwrite", action="store_true", help="replace an earlier probe in --out")
+    _add_scan_checks(probe)
     return parser
 
 
@@ -430,6 +456,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
+    if args.study == "detectability":
+        return _run_study_detectability(args)
     check_output_dir(args.out, option="--out", inputs=[("--data", args.data)])
     from pipelines.study import study_losses  # TensorFlow loads only after the cheap checks
 
@@ -445,6 +473,20 @@ def _run_study(args: argparse.Namespace) -> int:
         overrides=args.overrides,
     )
     print(result["text"])
+    return _EXIT_OK
+
+
+def _run_study_detectability(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, option="--out", inputs=[("--input", args.input), ("--model", args.model)])
+    from pipelines.detectability import probe_detectability
+
+    summary = probe_detectability(
+        model_dir=args.model, input_path=args.input, out_dir=args.out, labels_dir=args.labels,
+        kinds=[name.strip() for name in args.kinds.split(",") if name.strip()],
+        diameters_mm=args.diameters_mm, contrasts_hu=args.contrasts_hu, per_cell=args.per_cell,
+        seed=args.seed, save_scans=args.save_scans, overwrite=args.overwrite, limits=_limits(args))
+    _print_json({key: summary[key] for key in ("by_kind", "contrast_50_hu", "planned", "painted",
+                                               "detected", "out_dir")})
     return _EXIT_OK
 
 
