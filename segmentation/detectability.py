@@ -191,11 +191,11 @@ def paint_probe_nodules(image_hu: np.ndarray, *, lung: np.ndarray, avoid: np.nda
             nodule_id = int(labels.max()) + 1
             labels[box][nodule] = nodule_id
             _grow_into(taken, box, nodule, gap_vox=gap_vox, gap_mm=gap_mm, spacing=spacing)
-            centre = np.argwhere(labels == nodule_id).mean(axis=0)
+            centre = np.argwhere(nodule).mean(axis=0) + [b.start for b in box]
             world = np.asarray(affine, float)[:3, :3] @ centre + np.asarray(affine, float)[:3, 3]
             row.update(nodule_id=nodule_id, painted=True, x_mm=float(world[0]), y_mm=float(world[1]),
                        z_mm=float(world[2]), n_voxels=int(nodule.sum()), parenchyma_hu=parenchyma,
-                       mean_hu=float(image[labels == nodule_id].mean()))
+                       mean_hu=float(image[box][nodule].mean()))
         rows.append(row)
     return image, labels, rows
 

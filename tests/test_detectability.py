@@ -119,6 +119,8 @@ def test_painted_nodules_lie_in_parenchyma_apart_from_each_other_and_the_truth()
     for row in rows:
         assert row["n_voxels"] == int((labels == row["nodule_id"]).sum())
         assert row["mean_hu"] == pytest.approx(float(painted[labels == row["nodule_id"]].mean()), abs=1e-3)
+        centre = np.argwhere(labels == row["nodule_id"]).mean(axis=0)  # identity affine: voxel = mm
+        assert [row["x_mm"], row["y_mm"], row["z_mm"]] == pytest.approx(list(centre))
 
 
 @pytest.mark.parametrize("kind, contrast_hu", [("solid", 400.0), ("ground_glass", 300.0)])
