@@ -118,6 +118,12 @@ def _check_options(threshold: Any, min_size_mm3: Any) -> tuple[float | None, flo
     return threshold, min_size_mm3
 
 
+def _grow_threshold(config: Config, threshold: float) -> float | None:
+    """The hysteresis threshold in effect: ``inference.grow_threshold`` below ``threshold``."""
+    grow = config.inference.grow_threshold
+    return grow if grow is not None and grow < threshold else None
+
+
 def _source_spacing_mm(volume: Volume) -> tuple[float, float, float]:
     norms = np.linalg.norm(np.asarray(volume.source_affine)[:3, :3], axis=0)
     return tuple(float(n) for n in norms)  # type: ignore[return-value]
@@ -222,7 +228,7 @@ def _with_window(config: Config, window: Any, *, run: Path) -> Config:
 
 def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path,
                  threshold: float, min_size_mm3: float, tta: bool, connectivity: int,
-                 window: list[int]) -> dict:
+                 window: list[int], grow_threshold: float | None = None) -> dict:
     return {
         "case_id": case.case_id,
         "input": str(case.path),
@@ -232,6 +238,7 @@ def _case_record(case: InputCase, volume: Volume, rows: list[dict], *, run: Path
         "affine": np.asarray(volume.source_affine).round(6).tolist(),
         "slice_axis": slice_axis(volume.source_affine),
         "threshold": threshold,
+        "grow_threshold": grow_threshold,
         "min_size_mm3": min_size_mm3,
         "tta": tta,
         "window": window,
@@ -257,7 +264,8 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
     rows = nodule_table(mask, probs, affine=volume.source_affine, connectivity=connectivity)
     record = _case_record(case, volume, rows, run=run, threshold=threshold,
                           min_size_mm3=min_size_mm3, tta=tta, connectivity=connectivity,
-                          window=list(inference_window(config)))
+                          window=list(inference_window(config)),
+                          grow_threshold=_grow_threshold(config, threshold))
     _write_outputs(paths, volume=volume, probs=probs if write_probs else None, mask=mask,
                    rows=rows, record=record)
     if not write_probs and paths["probs"].exists():
@@ -361,6 +369,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         "threshold": inference.threshold if threshold is None else threshold,
         "min_size_mm3": inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3,
     }
+    grow_threshold = _grow_threshold(config, options["threshold"])
     limits = ScanLimits() if limits is None else limits
     win = _window_of(config)
     check_memory(window_bytes(win, batch_size=inference.batch_size, channels=config.model.in_channels,
@@ -401,7 +410,9 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
     counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
     lines.append(
         f"{len(records)} scan(s): {counts['ok']} ok, {counts['skipped']} skipped, "
-        f"{counts['failed']} failed; threshold {options['threshold']}, min size "
+        f"{counts['failed']} failed; threshold {options['threshold']}"
+        + (f" (grown to {grow_threshold})" if grow_threshold is not None else "")
+        + ", min size "
         f"{options['min_size_mm3']} mm3, TTA {'on' if options['tta'] else 'off'}; output in {out}"
     )
     return {"cases": records, "failed": failed, "lines": lines, "out_dir": str(out)}

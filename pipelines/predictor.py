@@ -270,8 +270,14 @@ def lung_filter(mask: np.ndarray, *, image_net: np.ndarray, geometry: Any,
 
 def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
                           spacing_mm: tuple[float, float, float] | None = None,
-                          min_size_mm3: float = 0.0, connectivity: int = 26) -> np.ndarray:
+                          min_size_mm3: float = 0.0, connectivity: int = 26,
+                          grow_threshold: float | None = None) -> np.ndarray:
     """Thresholds probabilities (``>= threshold``) and drops components below a volume.
+
+    With ``grow_threshold`` below ``threshold`` the threshold is a hysteresis: a component is
+    a connected region of ``probs >= grow_threshold`` that holds at least one voxel
+    ``>= threshold``. The same lesions are found, each with its fainter rim (a model that
+    under-segments gets its Dice back), and the volume filter sees the grown component.
 
     Args:
         probs: float ``(I, J, K)`` probabilities in the scan's own grid (after
@@ -281,31 +287,52 @@ def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
             ``min_size_mm3 > 0``).
         min_size_mm3: Connected components smaller than this volume are removed.
         connectivity: 6, 18 or 26.
+        grow_threshold: None, or the lower threshold of the hysteresis in (0, 1); at or
+            above ``threshold`` it changes nothing.
 
     Returns:
         bool ``(I, J, K)``.
 
     Raises:
-        ValueError: bad threshold, connectivity, or missing spacing.
+        ValueError: bad threshold, grow_threshold, connectivity, or missing spacing.
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"Expected threshold in (0, 1). Received: threshold={threshold}")
+    if grow_threshold is not None and not 0.0 < grow_threshold < 1.0:
+        raise ValueError(
+            f"Expected grow_threshold in (0, 1) or None. Received: grow_threshold={grow_threshold}")
     if connectivity not in (6, 18, 26):
         raise ValueError(f"Expected connectivity in (6, 18, 26). Received: connectivity={connectivity}")
     return _threshold_and_size(probs, threshold=threshold, spacing_mm=spacing_mm,
-                               min_size_mm3=min_size_mm3, connectivity=connectivity)
+                               min_size_mm3=min_size_mm3, connectivity=connectivity,
+                               grow_threshold=grow_threshold)
+
+
+def _hysteresis(probs: np.ndarray, *, threshold: float, grow_threshold: float,
+                structure: np.ndarray) -> np.ndarray:
+    """Connected regions of ``probs >= grow_threshold`` that reach ``threshold`` somewhere."""
+    labels, n = ndi.label(probs >= grow_threshold, structure=structure)
+    seeded = np.zeros(n + 1, dtype=bool)
+    seeded[np.unique(labels[probs >= threshold])] = True
+    seeded[0] = False
+    return seeded[labels]
 
 
 def _threshold_and_size(probs: np.ndarray, *, threshold: float,
                         spacing_mm: tuple[float, float, float] | None, min_size_mm3: float,
-                        connectivity: int) -> np.ndarray:
+                        connectivity: int, grow_threshold: float | None = None) -> np.ndarray:
     """`probabilities_to_mask` on a threshold and connectivity already checked."""
-    mask = np.asarray(probs) >= threshold
+    probs = np.asarray(probs)
+    structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    if grow_threshold is not None and grow_threshold < threshold:
+        mask = _hysteresis(probs, threshold=threshold, grow_threshold=grow_threshold,
+                           structure=structure)
+    else:
+        mask = probs >= threshold
     if min_size_mm3 <= 0 or not mask.any():
         return mask
     if spacing_mm is None:
         raise ValueError("Expected spacing_mm when min_size_mm3 > 0. Received: spacing_mm=None")
-    structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
     labels, n = ndi.label(mask, structure=structure)
     voxel_mm3 = float(math.prod(spacing_mm))
     counts = np.bincount(labels.ravel(), minlength=n + 1)
@@ -320,7 +347,8 @@ def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
     """The post-processing chain: network-grid probabilities to the scan's probabilities and mask.
 
     Probabilities (not labels) go back to the scan's own grid and voxel order with
-    ``geometry.inverse(order=1)`` and are clipped to [0, 1]; then ``>= threshold``, removal
+    ``geometry.inverse(order=1)`` and are clipped to [0, 1]; then ``>= threshold`` (a
+    hysteresis down to ``inference.grow_threshold`` when it is set below it), removal
     of connected components smaller than ``min_size_mm3`` (spacing of the scan's grid,
     connectivity ``evaluation.connectivity``) and, with ``inference.lung_mask``, `lung_filter`.
 
@@ -357,6 +385,7 @@ def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
         spacing_mm=spacing_from_affine(geometry.source_affine),
         min_size_mm3=inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3,
         connectivity=config.evaluation.connectivity,
+        grow_threshold=inference.grow_threshold,
     )
     if inference.lung_mask:
         mask = lung_filter(mask, image_net=image_net, geometry=geometry, config=config)

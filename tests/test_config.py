@@ -109,6 +109,22 @@ def test_range_error_names_key():
         config_from_dict({"inference": {"overlap": 1.5}})
 
 
+@pytest.mark.parametrize("grow, match", [
+    (0.6, r"inference\.grow_threshold in \(0\.0, 0\.5\]\. Received: inference\.grow_threshold=0\.6"),
+    (0.0, r"inference\.grow_threshold in \(0\.0, 0\.5\]\. Received: inference\.grow_threshold=0\.0"),
+])
+def test_grow_threshold_above_the_threshold_or_zero_is_an_error(grow, match):
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"inference": {"threshold": 0.5, "grow_threshold": grow}})
+
+
+def test_grow_threshold_and_val_tta_default_to_off_and_to_the_inference_tta():
+    config = config_from_dict({})
+    assert config.inference.grow_threshold is None and config.train.val_tta is None
+    config = config_from_dict({"inference": {"grow_threshold": 0.25}, "train": {"val_tta": False}})
+    assert config.inference.grow_threshold == 0.25 and config.train.val_tta is False
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")

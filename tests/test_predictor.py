@@ -249,10 +249,47 @@ def test_probabilities_to_mask_empty_prediction_stays_empty():
     assert mask.dtype == bool and not mask.any()
 
 
+def _two_blobs():
+    """A lesion whose core reaches 0.8 inside a rim of 0.3, and a rim-only blob far from it."""
+    probs = np.zeros((12, 12, 12), np.float32)
+    probs[1:6, 1:6, 1:6] = 0.3
+    probs[3, 3, 3] = 0.8
+    probs[8:11, 8:11, 8:11] = 0.3
+    return probs
+
+
+def test_grow_threshold_grows_a_found_lesion_into_its_rim_and_finds_no_new_one():
+    probs = _two_blobs()
+    assert probabilities_to_mask(probs, threshold=0.5).sum() == 1
+    mask = probabilities_to_mask(probs, threshold=0.5, grow_threshold=0.25)
+    assert mask.sum() == 125 and mask[1:6, 1:6, 1:6].all() and not mask[8:11, 8:11, 8:11].any()
+
+
+def test_grow_threshold_is_inclusive_and_off_at_or_above_the_threshold():
+    probs = _two_blobs()
+    assert probabilities_to_mask(probs, threshold=0.5, grow_threshold=0.3).sum() == 125
+    assert probabilities_to_mask(probs, threshold=0.5, grow_threshold=0.31).sum() == 1
+    np.testing.assert_array_equal(probabilities_to_mask(probs, threshold=0.25, grow_threshold=0.4),
+                                  probs >= 0.25)
+
+
+def test_minimum_size_sees_the_grown_component():
+    probs = _two_blobs()  # 1 mm voxels: the core alone is 1 mm3, the grown lesion 125 mm3
+    kwargs = {"threshold": 0.5, "spacing_mm": (1.0, 1.0, 1.0), "min_size_mm3": 8.0}
+    assert not probabilities_to_mask(probs, **kwargs).any()
+    assert probabilities_to_mask(probs, grow_threshold=0.25, **kwargs).sum() == 125
+
+
+def test_grow_threshold_with_an_empty_prediction_stays_empty():
+    probs = np.full((4, 4, 4), 0.3, np.float32)
+    assert not probabilities_to_mask(probs, threshold=0.5, grow_threshold=0.2).any()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"threshold": 1.0}, "threshold"), ({"connectivity": 4}, "connectivity"),
-     ({"min_size_mm3": 1.0}, "spacing_mm")],
+     ({"min_size_mm3": 1.0}, "spacing_mm"), ({"grow_threshold": 0.0}, "grow_threshold"),
+     ({"grow_threshold": 1.5}, "grow_threshold")],
 )
 def test_probabilities_to_mask_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -324,6 +361,18 @@ def test_postprocess_threshold_and_minimum_size_in_the_scans_own_spacing():
     assert mask.sum() == 8
     _, mask = postprocess(probs_net, geometry=geometry, config=config, threshold=0.4, min_size_mm3=0.0)
     assert mask.sum() == 9
+
+
+def test_postprocess_grows_by_the_configs_grow_threshold():
+    geometry = _flipped_geometry((12, 12, 12))
+    probs_net = _two_blobs()
+    assert postprocess(probs_net, geometry=geometry, config=_config())[1].sum() == 1
+    _, mask = postprocess(probs_net, geometry=geometry, config=_config(grow_threshold=0.25))
+    assert mask.sum() == 125
+    # a lower --threshold than the grow threshold: plain thresholding at it
+    _, mask = postprocess(probs_net, geometry=geometry, config=_config(grow_threshold=0.4),
+                          threshold=0.2)
+    assert mask.sum() == 125 + 27
 
 
 def test_postprocess_with_the_lung_filter_needs_the_image():

@@ -550,6 +550,30 @@ def test_validation_reports_recall_by_attribute_from_nodules_json(tmp_path, monk
     assert info["n_rows_other_cases"] == 8 - 2 * n
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    ([], False),
+    (["inference.tta=true"], True),
+    (["inference.tta=true", "train.val_tta=false"], False),
+    (["train.val_tta=true"], True),
+])
+def test_validation_mirrors_as_val_tta_says_else_as_inference_tta(tiny_data, tmp_path, monkeypatch,
+                                                                    overrides, expected):
+    import pipelines.predictor as predictor
+
+    prepared = prepare_data(_config(*overrides), data_dir=tiny_data, run_dir=tmp_path / "run",
+                            progress=False)
+    seen = []
+
+    def record_tta(model, image_net, *, config, predict_fn=None, tta=None):
+        seen.append(tta)
+        return np.zeros(np.shape(image_net), np.float32)
+
+    monkeypatch.setattr(predictor, "make_predict_fn", lambda model, batch_size: None)
+    monkeypatch.setattr(predictor, "predict_probabilities", record_tta)
+    train_mod.validate(None, prepared.config, prepared)
+    assert seen and set(seen) == {expected}
+
+
 def test_dataset_without_nodule_table_validates_without_attributes(tiny_data, tmp_path):
     prepared = prepare_data(_config(), data_dir=tiny_data, run_dir=tmp_path / "run",
                             progress=False)

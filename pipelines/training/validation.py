@@ -58,10 +58,11 @@ def validate(model: keras.Model, config: Config, prepared: PreparedData, *,
     ev = config.evaluation
     cases = prepared.val_cases[: config.data.max_val_cases or None]
     predict_fn = predictor.make_predict_fn(model, batch_size=config.inference.batch_size)
+    tta = config.inference.tta if config.train.val_tta is None else config.train.val_tta
     results, first = [], None
     for case in cases:
         probs_net = predictor.predict_probabilities(model, np.asarray(case.image_net),
-                                                    config=config, predict_fn=predict_fn)
+                                                    config=config, tta=tta, predict_fn=predict_fn)
         if first is None:
             first = probs_net
         probs, pred = predictor.postprocess(probs_net, geometry=case.geometry, config=config,
