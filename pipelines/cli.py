@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--seed", type=int, default=0, help="seed of positions and shapes (default 0)")
     probe.add_argument("--save-scans", action="store_true",
                        help="also write the painted scans and their nodule labels (scans/)")
+    probe.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="mirror test-time augmentation on or off (default: the run's inference.tta, "
+                            "as lungseg predict)")
     probe.add_argument("--overwrite", action="store_true", help="replace an earlier probe in --out")
     _add_scan_checks(probe)
     return parser
@@ -484,7 +487,8 @@ def _run_study_detectability(args: argparse.Namespace) -> int:
         model_dir=args.model, input_path=args.input, out_dir=args.out, labels_dir=args.labels,
         kinds=[name.strip() for name in args.kinds.split(",") if name.strip()],
         diameters_mm=args.diameters_mm, contrasts_hu=args.contrasts_hu, per_cell=args.per_cell,
-        seed=args.seed, save_scans=args.save_scans, overwrite=args.overwrite, limits=_limits(args))
+        seed=args.seed, save_scans=args.save_scans, overwrite=args.overwrite, limits=_limits(args),
+        tta=args.tta)
     _print_json({key: summary[key] for key in ("by_kind", "contrast_50_hu", "planned", "painted",
                                                "detected", "out_dir")})
     return _EXIT_OK

@@ -48,7 +48,7 @@ from segmentation.io import read_volume, write_volume
 from segmentation.lungmask import lung_region
 from segmentation.plausibility import ScanLimits
 from segmentation.preflight import check_output_dir
-from segmentation.validation import check_int
+from segmentation.validation import check_bool, check_int
 
 __all__ = ["DEFAULT_KINDS", "DEFAULT_DIAMETERS_MM", "DEFAULT_CONTRASTS_HU", "probe_detectability"]
 
@@ -83,7 +83,7 @@ def probe_detectability(*, model_dir: str | os.PathLike, input_path: str | os.Pa
                         contrasts_hu: Sequence[float] = DEFAULT_CONTRASTS_HU, per_cell: int = 4,
                         seed: int = 0, gap_mm: float = 10.0, save_scans: bool = False,
                         overwrite: bool = False, limits: ScanLimits | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, tta: bool | None = None) -> dict[str, Any]:
     """Runs the detectability probe of a trained run on some scans.
 
     Args:
@@ -103,6 +103,8 @@ def probe_detectability(*, model_dir: str | os.PathLike, input_path: str | os.Pa
         overwrite: Replace an earlier probe in ``out_dir``.
         limits: Plausibility limits of each scan; None: the defaults.
         progress: Show a progress bar over the scans.
+        tta: Mirror test-time augmentation; None: the run's ``inference.tta`` (as
+            ``lungseg predict``).
 
     Returns:
         The summary (as written to ``summary.json``) plus ``out_dir``.
@@ -117,6 +119,7 @@ def probe_detectability(*, model_dir: str | os.PathLike, input_path: str | os.Pa
     cells = probe_cells(kinds=kinds, diameters_mm=diameters_mm, contrasts_hu=contrasts_hu)
     per_cell = check_int(per_cell, name="per_cell", minimum=1)
     seed = check_int(seed, name="seed", minimum=0)
+    tta = None if tta is None else check_bool(tta, name="tta")
     out = Path(out_dir)
     check_output_dir(out, option="out_dir", inputs=[("input_path", input_path), ("model_dir", model_dir)])
     if (out / "summary.json").exists() and not overwrite:
@@ -127,6 +130,9 @@ def probe_detectability(*, model_dir: str | os.PathLike, input_path: str | os.Pa
         raise InferenceError(f"Expected labels_dir to be a folder of masks. Received: labels_dir='{labels}'")
     run = Path(model_dir)
     config = _run_config(run)
+    if tta is not None:
+        config = dataclasses.replace(
+            config, inference=dataclasses.replace(config.inference, tta=tta))
     cases = find_inputs(input_path)
     limits = ScanLimits() if limits is None else limits
     estimate = _estimator(config, tta=config.inference.tta)

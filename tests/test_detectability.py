@@ -269,9 +269,11 @@ def test_cli_probe_finds_the_bright_nodules_and_misses_the_faint(truth_run_and_s
     out = tmp_path / "probe"
     result = _fresh_lungseg("study", "detectability", "--model", run, "--input", scans, "--labels", labels,
                             "--out", out, "--kinds", "solid", "--diameters-mm", "6", "--contrasts-hu", "200", "800",
-                            "--per-cell", "3", "--save-scans")
+                            "--per-cell", "3", "--save-scans", "--tta")
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
+    # the run's config has inference.tta off; --tta mirrors (a 1x1x1 model: the same answers)
+    assert summary["options"]["tta"] is True
     cells = {c["contrast_hu"]: c for c in summary["cells"]}
     assert cells[800.0]["painted"] == 3 and cells[800.0]["detected"] == 3
     assert cells[200.0]["painted"] == 3 and cells[200.0]["detected"] == 0
@@ -298,4 +300,13 @@ def test_cli_probe_refuses_bad_arguments_before_tensorflow(truth_run_and_scans, 
     result = _fresh_lungseg("study", "detectability", "--model", run, "--input", scans, "--out", tmp_path / "p",
                             "--per-cell", "0")
     assert result.returncode == 2 and "--per-cell" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_probe_tta_must_be_a_boolean(truth_run_and_scans, tmp_path):
+    from pipelines.detectability import probe_detectability
+
+    run, scans, _ = truth_run_and_scans
+    with pytest.raises(TypeError, match="Expected tta to be true or false. Received: tta='yes'"):
+        probe_detectability(model_dir=run, input_path=scans, out_dir=tmp_path / "p", tta="yes")
     assert not (tmp_path / "p").exists()
