@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,9 @@ def test_config_cut_inside_the_last_section_fails_its_hash(tmp_path):
 
 def test_edited_config_fails_its_hash_and_names_the_options(tmp_path):
     run = _run(tmp_path)
-    text = (run / "config.yaml").read_text().replace("threshold: 0.5", "threshold: 0.3")
+    original = (run / "config.yaml").read_text()
+    text = re.sub(r"(?m)^  threshold: .*$", "  threshold: 0.3", original)
+    assert text != original  # the edit must land, whatever threshold the config holds
     (run / "config.yaml").write_text(text)
     with pytest.raises(RunFolderError, match=r"edited or cut.*--threshold"):
         load_run_config(run)
