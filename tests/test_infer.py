@@ -781,3 +781,15 @@ def test_window_rule_matches_the_predictor():
 
     for config in (_config(), _config("inference.window=[32,32,32]")):
         assert _window_of(config) == inference_window(config)
+
+
+def test_the_record_names_the_grow_threshold_in_effect(tmp_path):
+    run = _save_run(tmp_path / "run", _config("inference.grow_threshold=0.25"), _truth_model())
+    scan = _random_scan(tmp_path / "a.nii.gz", (16, 16, 16))
+    result = predict(model_dir=run, input_path=scan, out_dir=tmp_path / "default", progress=False)
+    assert json.loads((tmp_path / "default" / "a_nodules.json").read_text())["grow_threshold"] == 0.25
+    assert "threshold 0.5 (grown to 0.25)" in result["lines"][-1]
+    # a --threshold below the grow threshold thresholds plainly: nothing is grown
+    result = predict(model_dir=run, input_path=scan, out_dir=tmp_path / "low", threshold=0.2, progress=False)
+    assert json.loads((tmp_path / "low" / "a_nodules.json").read_text())["grow_threshold"] is None
+    assert "grown" not in result["lines"][-1]
