@@ -95,6 +95,7 @@ def bench_train_speed(config, *, steps: int = DEFAULT_TRAIN_STEPS, warmup_steps:
         train_gflops_per_s`` (3 x forward FLOPs per trained patch, an estimate),
         ``train_step_s, train_patches_per_s, pipeline_patches_per_s,
         pipeline_to_step_ratio, bottleneck`` ("input pipeline" or "training step"),
+        ``precision`` (the dtype policy ``train.mixed_precision`` means here),
         ``batch_size, patch_size, spatial_dims, steps, warmup_steps, pipeline_phantom``
         and ``phase_peak_rss_mib`` (of the training steps).
     """
@@ -103,28 +104,29 @@ def bench_train_speed(config, *, steps: int = DEFAULT_TRAIN_STEPS, warmup_steps:
     from models.unet import count_params, estimate_flops
     from pipelines.data import measure_pipeline_throughput
     from pipelines.training.data import make_train_dataset, prepare_data
-    from pipelines.training.model import build_model, compile_model
+    from pipelines.training.model import build_model, compile_model, precision_policy
     from segmentation.phantom import write_phantom_dataset
 
     steps = check_int(steps, name="steps", minimum=1)
     keras.utils.set_random_seed(seed)
-    model = build_model(config)
-    n_outputs = len(model.outputs)
-    compile_model(model, config, total_steps=steps + warmup_steps)
-    params = count_params(model)
-    trainable = count_params(model, trainable_only=True)
-    patch = tuple(config.train.patch_size)
-    flops = estimate_flops(model, patch)
-    x, y = _random_batch(config, n_outputs=n_outputs, seed=seed)
-    for _ in range(warmup_steps):
-        model.train_on_batch(x, y)
-    with _Phase() as step_phase:
-        for _ in range(steps):
+    with precision_policy(config.train.mixed_precision) as policy:
+        model = build_model(config)
+        n_outputs = len(model.outputs)
+        compile_model(model, config, total_steps=steps + warmup_steps)
+        params = count_params(model)
+        trainable = count_params(model, trainable_only=True)
+        patch = tuple(config.train.patch_size)
+        flops = estimate_flops(model, patch)
+        x, y = _random_batch(config, n_outputs=n_outputs, seed=seed)
+        for _ in range(warmup_steps):
             model.train_on_batch(x, y)
-    step_s = step_phase.seconds / steps
-    train_pps = config.train.batch_size / step_s
-    del model
-    keras.backend.clear_session()
+        with _Phase() as step_phase:
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+        step_s = step_phase.seconds / steps
+        train_pps = config.train.batch_size / step_s
+        del model
+        keras.backend.clear_session()
 
     size, spacing = _pipeline_phantom_geometry(config)
     # The pipeline is measured on its own phantom and cache, never in the user's cache_dir.
@@ -151,6 +153,7 @@ def bench_train_speed(config, *, steps: int = DEFAULT_TRAIN_STEPS, warmup_steps:
         "pipeline_patches_per_s": pipeline_pps,
         "pipeline_to_step_ratio": ratio,
         "bottleneck": "input pipeline" if ratio < 1.0 else "training step",
+        "precision": policy,
         "batch_size": config.train.batch_size,
         "patch_size": list(patch),
         "spatial_dims": config.model.spatial_dims,

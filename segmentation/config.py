@@ -249,7 +249,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"Invalid value for {key}: {value!r}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"Invalid value for {key}: {value!r}. " + " Or: ".join(errors))
     if origin is Literal:
         if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
             raise ConfigError(f"Expected {key} to be one of {list(args)}. Received: {key}={value!r}")

@@ -192,7 +192,12 @@ class TrainConfig:
         early_stopping_patience: Validations without improvement before stopping (0: off).
         best_metric: Validation metrics that choose the ``best`` checkpoint, compared in order
             (ties broken by the next one). Keys of the evaluation summary.
-        mixed_precision: Train with ``mixed_float16`` (GPU).
+        mixed_precision: ``false`` (float32), ``true`` / ``float16`` (``mixed_float16`` with
+            loss scaling, for GPUs), ``bfloat16`` (``mixed_bfloat16``: faster on CPUs with
+            AVX512_BF16 or AMX, slower where bfloat16 is emulated) or ``auto`` (``float16``
+            on a GPU, ``bfloat16`` on a CPU with native bfloat16, else float32;
+            `pipelines.training.precision`). The policy in effect is recorded in
+            ``manifest.json``; the saved model keeps its layers' policy.
         jit_compile: XLA-compile the training step. Slow on CPUs for 3D convolutions: keep off there.
         deterministic: Enable TensorFlow's deterministic ops.
         debug: Check every loss component and the labels for NaN/Inf at every step.
@@ -213,7 +218,7 @@ class TrainConfig:
     val_tta: bool | None = None
     early_stopping_patience: int = 0
     best_metric: tuple[str, ...] = ("lesion_recall", "dice_mean")
-    mixed_precision: bool = False
+    mixed_precision: bool | Literal["float16", "bfloat16", "auto"] = False
     jit_compile: bool = False
     deterministic: bool = False
     debug: bool = False

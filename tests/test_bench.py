@@ -44,6 +44,17 @@ def test_bench_train_tiny():
     assert result["patch_size"] == [16, 16, 16] and result["batch_size"] == 2
     assert result["steps"] == 2
     assert result["pipeline_phantom"]["n_train_cases"] >= 1
+    assert result["precision"] == "float32"
+
+
+@pytest.mark.slow
+def test_bench_train_measures_the_configured_precision():
+    import keras
+
+    result = run_bench("train", overrides=(*TINY, "train.mixed_precision=bfloat16"), steps=1)
+    assert result["precision"] == "mixed_bfloat16"
+    assert result["train_step_s"] > 0
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
 
 
 def test_bench_infer_tiny(tmp_path):

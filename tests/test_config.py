@@ -163,3 +163,19 @@ def test_loss_must_have_a_name():
 def test_bad_background_lists_choices():
     with pytest.raises(ConfigError, match=r"train\.background.*\['uniform', 'body'\].*'lungs'"):
         config_from_dict({"train": {"background": "lungs"}})
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("true", True), ("float16", "float16"),
+                                             ("bfloat16", "bfloat16"), ("auto", "auto")])
+def test_mixed_precision_accepts_a_bool_or_a_precision(value, expected):
+    config = load_config(None, overrides=[f"train.mixed_precision={value}"])
+    assert config.train.mixed_precision == expected
+    assert type(config.train.mixed_precision) is type(expected)
+
+
+def test_mixed_precision_other_value_names_both_forms():
+    with pytest.raises(ConfigError, match=r"Invalid value for train.mixed_precision: 'bf16'\. "
+                                          r"Expected train.mixed_precision to be true or false.* "
+                                          r"Or: Expected train.mixed_precision to be one of "
+                                          r"\['float16', 'bfloat16', 'auto'\]"):
+        load_config(None, overrides=["train.mixed_precision=bf16"])

@@ -206,3 +206,41 @@ def test_every_config_and_loss_resumes_in_a_fresh_process(cli_data, tmp_path):
     assert not failed, f"{failed}\n{done.stderr[-3000:]}"
     for index in range(len(_CASES)):
         assert [r["epoch"] for r in _history(tmp_path / f"run{index}")] == ["1", "2"], _CASES[index]
+
+
+def test_bfloat16_run_resumes_and_predicts_from_the_command_line(cli_data, tmp_path):
+    """``train.mixed_precision: bfloat16``: killed in epoch 2, resumed and used by ``lungseg``."""
+    import keras
+    import nibabel as nib
+
+    from pipelines.train import train
+    from segmentation.config import load_config
+
+    out = tmp_path / "run"
+    overrides = [*_small_set("quick.yaml", None), "train.mixed_precision=bfloat16"]
+    config = load_config(REPO / "configs" / "quick.yaml", overrides=overrides)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data_dir=cli_data, out_dir=out, progress=False,
+              callbacks=[_KillAfter(epoch=1, n_batches=1)])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the kill
+    resumed = _lungseg(["train", "--config", str(REPO / "configs" / "quick.yaml"), "--data",
+                        str(cli_data), "--out", str(out), "--resume", "--set", *overrides])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["epoch"] for r in _history(out)] == ["1", "2"]
+    assert json.loads((out / "manifest.json").read_text())["precision"] == "mixed_bfloat16"
+
+    import losses  # noqa: F401  (registers the losses in this warm process)
+
+    model = keras.saving.load_model(out / "checkpoints" / "last.keras")
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # bf16: no scaling
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in model.layers)
+    assert model(np.zeros((1, 16, 16, 16, 1), np.float32)).dtype == "float32"  # float32 logits
+
+    image = sorted((cli_data / "imagesTr").iterdir())[0]
+    predicted = _lungseg(["predict", "--model", str(out), "--input", str(image),
+                          "--out", str(tmp_path / "pred")])
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    mask = nib.load(next((tmp_path / "pred").glob("*.nii.gz")))
+    source = nib.load(image)
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine)

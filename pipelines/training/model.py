@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from losses import component_metrics, get_loss, loss_callbacks
 from models.unet import build_unet
+from pipelines.training.precision import cpu_flags, resolve_precision
 from segmentation.config import Config
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "compile_model",
     "model_loss_callbacks",
     "precision_policy",
+    "training_policy",
     "seed_everything",
 ]
 
@@ -174,7 +176,7 @@ def make_optimizer(config: Config, *, total_steps: int) -> keras.optimizers.Opti
     else:
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum, nesterov=True,
                                          weight_decay=o.weight_decay or None, **clip)
-    if config.train.mixed_precision:
+    if training_policy(config.train.mixed_precision) == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -223,14 +225,25 @@ def model_loss_callbacks(model: keras.Model) -> list:
     return list(loss_callbacks(loss))
 
 
+def training_policy(setting: Any) -> str:
+    """The dtype policy ``train.mixed_precision`` means on this machine (`resolve_precision`)."""
+    return resolve_precision(setting, gpu_count=len(tf.config.list_physical_devices("GPU")),
+                             flags=cpu_flags())
+
+
 @contextlib.contextmanager
-def precision_policy(mixed: bool) -> Iterator[None]:
-    """Sets the ``mixed_float16`` policy inside the block when ``mixed``; restores the previous one."""
+def precision_policy(setting: Any) -> Iterator[str]:
+    """Sets the policy of ``train.mixed_precision`` inside the block; restores the previous one.
+
+    Yields:
+        The policy name in effect (``float32``, ``mixed_float16`` or ``mixed_bfloat16``).
+    """
     previous = keras.mixed_precision.global_policy()
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = training_policy(setting)
+    if policy != "float32":
+        keras.mixed_precision.set_global_policy(policy)
     try:
-        yield
+        yield policy
     finally:
         keras.mixed_precision.set_global_policy(previous)
 

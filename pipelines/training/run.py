@@ -48,7 +48,8 @@ from pipelines.training.checkpoint import atomic_json, load_last_checkpoint, rea
 from pipelines.training.data import PreparedData, make_train_dataset, prepare_data
 from pipelines.training.errors import TrainingError
 from pipelines.training.model import (build_model, compile_model, is_chief, make_strategy,
-                                      model_loss_callbacks, precision_policy, seed_everything)
+                                      model_loss_callbacks, precision_policy, seed_everything,
+                                      training_policy)
 from segmentation.config import Config, config_to_dict, save_config
 from segmentation.console import keras_verbose
 from segmentation.plausibility import ScanLimits
@@ -281,6 +282,8 @@ def _manifest(run_dir: Path, prepared: PreparedData, *, data_dir: str | os.PathL
         train_cases=prepared.train_ids,
         val_cases=prepared.val_ids,
         cache_dir=str(prepared.cache_dir),
+        # fixed at the start: a resumed run's checkpoint keeps its layers' policy
+        precision=manifest.get("precision") or training_policy(config.train.mixed_precision),
     )
     return manifest
 
