@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.training.precision import cpu_flags, inference_policy
 from segmentation.config import Config
 from segmentation.io import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, Volume, case_id_from_path, read_volume
 from segmentation.plausibility import (
@@ -26,6 +28,8 @@ from segmentation.plausibility import (
 from segmentation.runfolder import MODEL_FILE, RunFolderError, load_run_config
 
 __all__ = ["InferenceError", "InputCase", "find_inputs", "load_run", "output_paths"]
+
+logger = logging.getLogger(__name__)
 
 
 class InferenceError(ValueError):
@@ -101,7 +105,45 @@ def _load_model(run: Path, config: Config) -> Any:
             f"({type(err).__name__}: {err})"
         ) from err
     _check_model(model, config, model_path)
-    return model
+    return _native_precision(model)
+
+
+def _model_policy(model: Any) -> str:
+    """The mixed policy of a model's layers, or ``float32`` (heads and pools are float32 in all)."""
+    names = {layer.dtype_policy.name for layer in model.layers}
+    return next((name for name in sorted(names) if name.startswith("mixed_")), "float32")
+
+
+def _float32_config(value: Any) -> Any:
+    """A model config with every mixed dtype policy replaced by float32 (a pure copy)."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "DTypePolicy" and str(
+                value.get("config", {}).get("name", "")).startswith("mixed_"):
+            return {**value, "config": {**value["config"], "name": "float32"}}
+        return {key: _float32_config(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(item) for item in value]
+    return value
+
+
+def _native_precision(model: Any) -> Any:
+    """``model``, rebuilt in float32 when this machine cannot run its policy natively
+    (`pipelines.training.precision.inference_policy`); the weights are the same."""
+    import keras
+    import tensorflow as tf
+
+    policy = _model_policy(model)
+    if policy == "float32":
+        return model
+    wanted = inference_policy(policy, gpu_count=len(tf.config.list_physical_devices("GPU")),
+                              flags=cpu_flags())
+    if wanted == policy:
+        return model
+    rebuilt = keras.Model.from_config(_float32_config(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    logger.info("Model trained in %s runs in float32 here (no native %s)", policy,
+                policy.removeprefix("mixed_"))
+    return rebuilt
 
 
 # --------------------------------------------------------------------------------------------

@@ -793,3 +793,66 @@ def test_the_record_names_the_grow_threshold_in_effect(tmp_path):
     result = predict(model_dir=run, input_path=scan, out_dir=tmp_path / "low", threshold=0.2, progress=False)
     assert json.loads((tmp_path / "low" / "a_nodules.json").read_text())["grow_threshold"] is None
     assert "grown" not in result["lines"][-1]
+
+
+# --------------------------------------------------------------------------- precision at predict time
+
+
+def test_float32_config_replaces_mixed_policies_only():
+    from pipelines.infer_inputs import _float32_config
+
+    def policy(name):
+        return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name}}
+
+    config = {"layers": [{"class_name": "Conv3D", "config": {"dtype": policy("mixed_bfloat16")}},
+                         {"class_name": "Conv3D", "config": {"dtype": policy("float32")}},
+                         {"class_name": "Add", "config": {"dtype": policy("mixed_float16"),
+                                                          "name": "mixed_add"}}],
+              "name": "mixed_net"}
+    converted = _float32_config(config)
+    assert [layer["config"]["dtype"]["config"]["name"] for layer in converted["layers"]] == [
+        "float32", "float32", "float32"]
+    assert converted["name"] == "mixed_net" and converted["layers"][2]["config"]["name"] == "mixed_add"
+    assert config["layers"][0]["config"]["dtype"]["config"]["name"] == "mixed_bfloat16"  # a copy
+
+
+def _mixed_unet(policy: str) -> keras.Model:
+    from models.unet import build_unet
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        return build_unet(3, filters=(4, 8), head_bias=-1.0)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@pytest.mark.parametrize("policy, flags, expected", [
+    ("mixed_bfloat16", {"avx2", "fma"}, "float32"),                  # bf16 fails in oneDNN at AVX2
+    ("mixed_bfloat16", {"avx2", "avx512f", "avx512_bf16"}, "mixed_bfloat16"),  # native: kept
+    ("mixed_float16", {"avx2", "avx512f", "avx512_bf16"}, "float32"),  # float16 on a CPU: slow
+])
+def test_a_model_runs_in_its_policy_only_where_the_machine_has_it(monkeypatch, policy, flags,
+                                                                  expected):
+    from pipelines import infer_inputs
+
+    monkeypatch.setattr(infer_inputs, "cpu_flags", lambda: frozenset(flags))
+    model = _mixed_unet(policy)
+    loaded = infer_inputs._native_precision(model)
+    assert infer_inputs._model_policy(loaded) == expected
+    assert (loaded is model) == (expected == policy)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).random((1, 16, 16, 16, 1)).astype(np.float32)
+    if expected == "float32":
+        assert loaded(x).dtype == "float32"
+        np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=0.1)
+
+
+def test_a_float32_model_is_returned_as_it_is():
+    from pipelines import infer_inputs
+
+    model = _mixed_unet("float32")
+    assert infer_inputs._model_policy(model) == "float32"
+    assert infer_inputs._native_precision(model) is model

@@ -488,6 +488,18 @@ def test_mixed_precision_uses_loss_scaling_and_restores_the_policy(tiny_data, tm
     assert model(np.zeros((1, 16, 16, 16, 1), np.float32)).dtype == "float32"  # float32 logits
 
 
+def test_bfloat16_on_a_cpu_without_avx512_is_refused_before_anything_is_written(tiny_data, tmp_path,
+                                                                               monkeypatch):
+    import pipelines.training.model as training_model
+
+    monkeypatch.setattr(training_model, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    config = _config("train.mixed_precision=bfloat16")
+    with pytest.raises(ValueError, match=r"Expected a GPU or an AVX-512 CPU for "
+                                         r"train.mixed_precision=bfloat16"):
+        train(config, data_dir=tiny_data, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- background sampling
 
 

@@ -216,9 +216,17 @@ def test_bfloat16_run_resumes_and_predicts_from_the_command_line(cli_data, tmp_p
     from pipelines.train import train
     from segmentation.config import load_config
 
+    from pipelines.training.precision import cpu_flags
+
     out = tmp_path / "run"
     overrides = [*_small_set("quick.yaml", None), "train.mixed_precision=bfloat16"]
     config = load_config(REPO / "configs" / "quick.yaml", overrides=overrides)
+    if "avx512f" not in cpu_flags():  # oneDNN has no bfloat16 convolution here: a clear error
+        refused = _lungseg(["train", "--config", str(REPO / "configs" / "quick.yaml"), "--data",
+                            str(cli_data), "--out", str(out), "--set", *overrides])
+        assert refused.returncode != 0
+        assert "Expected a GPU or an AVX-512 CPU for train.mixed_precision=bfloat16" in refused.stderr
+        return
     with pytest.raises(KeyboardInterrupt):
         train(config, data_dir=cli_data, out_dir=out, progress=False,
               callbacks=[_KillAfter(epoch=1, n_batches=1)])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.training.precision import BF16_CPU_FLAGS, POLICIES, cpu_flags, resolve_precision
+from pipelines.training.precision import (BF16_CPU_FLAGS, POLICIES, cpu_flags, inference_policy,
+                                          resolve_precision)
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 ZEN4 = AVX2 | {"avx512f", "avx512bw", "avx512_bf16", "avx512_vnni"}
@@ -16,7 +17,8 @@ SAPPHIRE_RAPIDS = AVX2 | {"avx512f", "amx_tile", "amx_bf16", "amx_int8"}
     (False, 2, AVX2, "float32"),
     (True, 0, AVX2, "mixed_float16"),          # the old meaning of true, kept
     ("float16", 1, AVX2, "mixed_float16"),
-    ("bfloat16", 0, AVX2, "mixed_bfloat16"),   # asked for: given, even where it is emulated
+    ("bfloat16", 0, AVX2 | {"avx512f"}, "mixed_bfloat16"),  # asked for: given, though emulated
+    ("bfloat16", 1, AVX2, "mixed_bfloat16"),   # on a GPU
     ("auto", 1, AVX2, "mixed_float16"),        # a GPU first
     ("auto", 1, ZEN4, "mixed_float16"),
     ("auto", 0, ZEN4, "mixed_bfloat16"),       # AVX512_BF16
@@ -56,3 +58,27 @@ def test_cpu_flags_reads_arm_features(tmp_path):
 
 def test_cpu_flags_of_a_missing_file_is_empty(tmp_path):
     assert cpu_flags(str(tmp_path / "absent")) == frozenset()
+
+
+@pytest.mark.parametrize("policy, gpus, flags, expected", [
+    ("float32", 0, AVX2, "float32"),
+    ("mixed_bfloat16", 0, ZEN4, "mixed_bfloat16"),
+    ("mixed_bfloat16", 0, AVX2, "float32"),
+    ("mixed_bfloat16", 0, AVX2 | {"avx512f"}, "float32"),  # AVX-512 without BF16: 2x slower
+    ("mixed_bfloat16", 1, ZEN4, "float32"),      # on a GPU, auto is float16
+    ("mixed_float16", 1, AVX2, "mixed_float16"),
+    ("mixed_float16", 0, ZEN4, "float32"),       # float16 on a CPU: 7-8x slower
+])
+def test_inference_policy_keeps_only_native_policies(policy, gpus, flags, expected):
+    assert inference_policy(policy, gpu_count=gpus, flags=flags) == expected
+
+
+def test_inference_policy_rejects_an_unknown_policy():
+    with pytest.raises(ValueError, match=r"Expected a model policy in .*Received: model_policy='bf16'"):
+        inference_policy("bf16", gpu_count=0, flags=AVX2)
+
+
+def test_bfloat16_on_an_avx2_cpu_is_an_error_that_says_what_to_use():
+    with pytest.raises(ValueError, match=r"Expected a GPU or an AVX-512 CPU for "
+                                         r"train.mixed_precision=bfloat16.*use train.mixed_precision=auto"):
+        resolve_precision("bfloat16", gpu_count=0, flags=AVX2)

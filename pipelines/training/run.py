@@ -91,13 +91,15 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
         FileNotFoundError: ``data_dir`` does not exist.
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
         ValueError: Bad dataset or a config that differs from the run's on resume, an
-            implausible scan, or ``resume`` without a run in ``out_dir``. Nothing is left in
+            implausible scan, ``resume`` without a run in ``out_dir``, or a
+            ``train.mixed_precision`` this machine cannot run. Nothing is left in
             ``out_dir`` by a run refused this way.
         TrainingError: The loss diverged (names epoch and step) or a checkpoint could not
             be written (`CheckpointError`; the previous checkpoint is intact).
     """
     run_dir = Path(out_dir)
     check_run_dir(run_dir, resume=resume)
+    training_policy(config.train.mixed_precision)  # a policy this machine cannot run: refused now
     before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     state = read_state(run_dir) if resume else None
     if resume and (run_dir / "config.yaml").exists():
