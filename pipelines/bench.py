@@ -222,7 +222,8 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
     Returns:
         JSON-safe dict: ``scan_source, scan_generation_s, shape, spacing_mm, network_shape,
         preprocess_s, windows, windows_evaluated`` (not skipped as air), ``window, overlap,
-        inference_batch_size`` and ``no_tta`` / ``tta`` entries with ``seconds_per_scan,
+        inference_batch_size``, ``precision`` (the policy `lungseg predict` would run a model
+        trained with ``train.mixed_precision`` in, here) and ``no_tta`` / ``tta`` entries with ``seconds_per_scan,
         windows_per_s`` (evaluated windows / scan seconds), ``forward_passes`` (windows x
         mirror flips), ``phase_peak_rss_mib``.
 
@@ -232,8 +233,9 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
     import keras
 
     from pipelines.infer import predict_volume
+    from pipelines.infer_inputs import model_policy, native_precision
     from pipelines.predictor import inference_window
-    from pipelines.training.model import build_model
+    from pipelines.training.model import build_model, precision_policy
     from segmentation.io import volume_from_array
     from segmentation.preprocessing import preprocess_volume
 
@@ -264,7 +266,9 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
     del pre, image_net
 
     keras.utils.set_random_seed(seed)
-    model = build_model(config)
+    with precision_policy(config.train.mixed_precision):
+        model = build_model(config)
+    model = native_precision(model)  # as lungseg predict runs a run's model on this machine
     rank = 3 if config.model.spatial_dims == 3 else 2
     result: dict[str, Any] = {
         "scan_source": source,
@@ -278,6 +282,7 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
         "window": list(inference_window(config)),
         "overlap": config.inference.overlap,
         "inference_batch_size": config.inference.batch_size,
+        "precision": model_policy(model),
     }
     for key, tta in (("no_tta", False), ("tta", True)):
         run_config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, tta=tta))

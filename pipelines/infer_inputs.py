@@ -27,7 +27,8 @@ from segmentation.plausibility import (
 )
 from segmentation.runfolder import MODEL_FILE, RunFolderError, load_run_config
 
-__all__ = ["InferenceError", "InputCase", "find_inputs", "load_run", "output_paths"]
+__all__ = ["InferenceError", "InputCase", "find_inputs", "load_run", "model_policy", "native_precision",
+           "output_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ def _load_model(run: Path, config: Config) -> Any:
             f"({type(err).__name__}: {err})"
         ) from err
     _check_model(model, config, model_path)
-    return _native_precision(model)
+    return native_precision(model)
 
 
-def _model_policy(model: Any) -> str:
+def model_policy(model: Any) -> str:
     """The mixed policy of a model's layers, or ``float32`` (heads and pools are float32 in all)."""
     names = {layer.dtype_policy.name for layer in model.layers}
     return next((name for name in sorted(names) if name.startswith("mixed_")), "float32")
@@ -126,13 +127,13 @@ def _float32_config(value: Any) -> Any:
     return value
 
 
-def _native_precision(model: Any) -> Any:
+def native_precision(model: Any) -> Any:
     """``model``, rebuilt in float32 when this machine cannot run its policy natively
     (`pipelines.training.precision.inference_policy`); the weights are the same."""
     import keras
     import tensorflow as tf
 
-    policy = _model_policy(model)
+    policy = model_policy(model)
     if policy == "float32":
         return model
     wanted = inference_policy(policy, gpu_count=len(tf.config.list_physical_devices("GPU")),

@@ -75,6 +75,7 @@ def test_bench_infer_tiny(tmp_path):
         assert result[key]["seconds_per_scan"] > 0
         assert result[key]["windows_per_s"] > 0
     assert result["tta"]["forward_passes"] == 8 * result["no_tta"]["forward_passes"]
+    assert result["precision"] == "float32"
     written = json.loads(out.read_text())
     assert written["no_tta"] == result["no_tta"] and written["machine"] == result["machine"]
 
@@ -125,3 +126,12 @@ def test_synthetic_chest_known_values():
 
 def test_peak_rss_is_positive():
     assert bench.peak_rss_mib() > 0
+
+
+def test_bench_infer_runs_the_model_in_the_policy_predict_would_use():
+    from pipelines.training.precision import cpu_flags, resolve_precision
+
+    result = run_bench("infer", overrides=(*TINY, "train.mixed_precision=auto"), shape=(32, 32, 32))
+    expected = resolve_precision("auto", gpu_count=len(result["machine"]["gpus"]), flags=cpu_flags())
+    assert result["precision"] == expected  # mixed_bfloat16 on an AVX512_BF16 CPU, else float32
+    assert result["tta"]["seconds_per_scan"] > 0

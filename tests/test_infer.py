@@ -839,8 +839,8 @@ def test_a_model_runs_in_its_policy_only_where_the_machine_has_it(monkeypatch, p
 
     monkeypatch.setattr(infer_inputs, "cpu_flags", lambda: frozenset(flags))
     model = _mixed_unet(policy)
-    loaded = infer_inputs._native_precision(model)
-    assert infer_inputs._model_policy(loaded) == expected
+    loaded = infer_inputs.native_precision(model)
+    assert infer_inputs.model_policy(loaded) == expected
     assert (loaded is model) == (expected == policy)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -854,5 +854,5 @@ def test_a_float32_model_is_returned_as_it_is():
     from pipelines import infer_inputs
 
     model = _mixed_unet("float32")
-    assert infer_inputs._model_policy(model) == "float32"
-    assert infer_inputs._native_precision(model) is model
+    assert infer_inputs.model_policy(model) == "float32"
+    assert infer_inputs.native_precision(model) is model
