@@ -500,6 +500,26 @@ def test_bfloat16_on_a_cpu_without_avx512_is_refused_before_anything_is_written(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bfloat16_run_is_not_resumed_where_onednn_cannot_run_it(tiny_data, tmp_path, monkeypatch):
+    import pipelines.training.model as training_model
+
+    config = _config("train.epochs=2", "train.steps_per_epoch=1", "train.val_every=2",
+                     "train.tensorboard_images=false", "train.mixed_precision=auto")
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # epoch 1 committed
+        train(config, data_dir=tiny_data, out_dir=run, progress=False,
+              callbacks=[_KillAfter(epoch=1, n_batches=1)])
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["precision"] = "mixed_bfloat16"  # as if started with auto on an AVX512_BF16 CPU
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.name for p in run.rglob("*"))
+    monkeypatch.setattr(training_model, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with pytest.raises(ValueError, match=r"Expected a GPU or an AVX-512 CPU to resume the run in "
+                                         r".*trains in mixed_bfloat16 \(manifest.json\)"):
+        train(config, data_dir=tiny_data, out_dir=run, resume=True, progress=False)
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing touched
+
+
 # --------------------------------------------------------------------------- background sampling
 
 

@@ -100,6 +100,8 @@ def train(config: Config, *, data_dir: str | os.PathLike, out_dir: str | os.Path
     run_dir = Path(out_dir)
     check_run_dir(run_dir, resume=resume)
     training_policy(config.train.mixed_precision)  # a policy this machine cannot run: refused now
+    if resume:
+        _check_resumed_precision(run_dir)
     before = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
     state = read_state(run_dir) if resume else None
     if resume and (run_dir / "config.yaml").exists():
@@ -288,6 +290,25 @@ def _manifest(run_dir: Path, prepared: PreparedData, *, data_dir: str | os.PathL
         precision=manifest.get("precision") or training_policy(config.train.mixed_precision),
     )
     return manifest
+
+
+def _check_resumed_precision(run_dir: Path) -> None:
+    """Refuses to resume a bfloat16 run (``auto`` on another machine, say) where oneDNN cannot
+    run it: its checkpoint's layers keep the policy the run started with (manifest.json)."""
+    try:
+        recorded = json.loads((run_dir / "manifest.json").read_text()).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return  # no readable manifest: the run folder checks report it
+    if recorded != "mixed_bfloat16":
+        return
+    try:
+        training_policy("bfloat16")
+    except ValueError:
+        raise ValueError(
+            f"Expected a GPU or an AVX-512 CPU to resume the run in {run_dir}: it trains in "
+            "mixed_bfloat16 (manifest.json), which oneDNN cannot run below AVX-512. Received: a "
+            "CPU without avx512f; resume it on a machine like the one it started on"
+        ) from None
 
 
 def _library_versions() -> dict[str, str | None]:
