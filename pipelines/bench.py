@@ -223,8 +223,8 @@ def bench_infer_speed(config, *, shape: Sequence[int] = DEFAULT_SCAN_SHAPE,
         JSON-safe dict: ``scan_source, scan_generation_s, shape, spacing_mm, network_shape,
         preprocess_s, windows, windows_evaluated`` (not skipped as air), ``window, overlap,
         inference_batch_size``, ``precision`` (the policy `lungseg predict` would run a model
-        trained with ``train.mixed_precision`` in, here) and ``no_tta`` / ``tta`` entries with ``seconds_per_scan,
-        windows_per_s`` (evaluated windows / scan seconds), ``forward_passes`` (windows x
+        trained with ``train.mixed_precision`` in, here) and ``no_tta`` / ``tta`` entries
+        with ``seconds_per_scan, windows_per_s`` (evaluated windows / scan seconds), ``forward_passes`` (windows x
         mirror flips), ``phase_peak_rss_mib``.
 
     Raises:

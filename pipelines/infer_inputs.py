@@ -27,8 +27,8 @@ from segmentation.plausibility import (
 )
 from segmentation.runfolder import MODEL_FILE, RunFolderError, load_run_config
 
-__all__ = ["InferenceError", "InputCase", "find_inputs", "load_run", "model_policy", "native_precision",
-           "output_paths"]
+__all__ = ["InferenceError", "InputCase", "find_inputs", "load_run", "model_policy",
+           "native_precision", "output_paths"]
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@
 scaling: bfloat16 has float32's exponent range) or ``"auto"``: ``mixed_float16`` when
 TensorFlow sees a GPU, ``mixed_bfloat16`` on a CPU with native bfloat16 arithmetic
 (AVX512_BF16 or AMX_BF16), float32 anywhere else. Without native support bfloat16 is
-emulated and slower than float32, which is why ``auto`` asks the CPU first.
+emulated at half the float32 speed (AVX-512 without BF16) or not run at all (oneDNN has no
+bfloat16 convolution below AVX-512), which is why ``auto`` asks the CPU first.
 
 `resolve_precision` is a pure function of the setting and the machine's facts, so its
 answer for every machine is testable here; `cpu_flags` reads the facts (Linux
@@ -94,8 +95,9 @@ def inference_policy(model_policy: str, *, gpu_count: int, flags: Iterable[str])
     natively runs it slowly or not at all (TensorFlow 2.21 on an AMD EPYC with oneDNN limited
     by ``ONEDNN_MAX_CPU_ISA``: a ``mixed_bfloat16`` model fails in oneDNN at AVX2 and is
     twice as slow as float32 at AVX-512 without BF16; a ``mixed_float16`` model is 7-8x
-    slower than float32 at either). So the model's own policy is kept where ``auto`` would choose it here, and float32
-    is used everywhere else (the weights are float32 in every policy).
+    slower than float32 at either). So the model's own policy is kept where ``auto`` would
+    choose it here, and float32 is used everywhere else (the weights are float32 in every
+    policy).
 
     Args:
         model_policy: The policy of the model's layers (``float32``, ``mixed_float16`` or
@@ -110,6 +112,7 @@ def inference_policy(model_policy: str, *, gpu_count: int, flags: Iterable[str])
         ValueError: For a policy outside `POLICIES`.
     """
     if model_policy not in POLICIES:
-        raise ValueError(f"Expected a model policy in {list(POLICIES)}. Received: model_policy={model_policy!r}")
+        raise ValueError(
+            f"Expected a model policy in {list(POLICIES)}. Received: model_policy={model_policy!r}")
     native = resolve_precision("auto", gpu_count=gpu_count, flags=flags)
     return model_policy if model_policy == native else "float32"
