@@ -82,6 +82,7 @@ from segmentation.plausibility import ScanLimits, check_memory, window_bytes
 from segmentation.preflight import check_output_dir
 from segmentation.preprocessing import preprocess_volume
 from segmentation.runfolder import CONFIG_FILE, MODEL_FILE
+from segmentation.thresholding import effective_grow_threshold
 from segmentation.validation import check_float
 
 __all__ = [
@@ -116,12 +117,6 @@ def _check_options(threshold: Any, min_size_mm3: Any) -> tuple[float | None, flo
     if min_size_mm3 is not None:
         min_size_mm3 = check_float(min_size_mm3, name="min_size_mm3", minimum=0, error=InferenceError)
     return threshold, min_size_mm3
-
-
-def _grow_threshold(config: Config, threshold: float) -> float | None:
-    """The hysteresis threshold in effect: ``inference.grow_threshold`` below ``threshold``."""
-    grow = config.inference.grow_threshold
-    return grow if grow is not None and grow < threshold else None
 
 
 def _source_spacing_mm(volume: Volume) -> tuple[float, float, float]:
@@ -265,7 +260,8 @@ def _run_case(case: InputCase, *, model: Any, config: Config, run: Path, out_dir
     record = _case_record(case, volume, rows, run=run, threshold=threshold,
                           min_size_mm3=min_size_mm3, tta=tta, connectivity=connectivity,
                           window=list(inference_window(config)),
-                          grow_threshold=_grow_threshold(config, threshold))
+                          grow_threshold=effective_grow_threshold(
+                              threshold, config.inference.grow_threshold))
     _write_outputs(paths, volume=volume, probs=probs if write_probs else None, mask=mask,
                    rows=rows, record=record)
     if not write_probs and paths["probs"].exists():
@@ -369,7 +365,7 @@ def predict(*, model_dir: str | os.PathLike, input_path: str | os.PathLike,
         "threshold": inference.threshold if threshold is None else threshold,
         "min_size_mm3": inference.min_size_mm3 if min_size_mm3 is None else min_size_mm3,
     }
-    grow_threshold = _grow_threshold(config, options["threshold"])
+    grow_threshold = effective_grow_threshold(options["threshold"], inference.grow_threshold)
     limits = ScanLimits() if limits is None else limits
     win = _window_of(config)
     check_memory(window_bytes(win, batch_size=inference.batch_size, channels=config.model.in_channels,

@@ -27,12 +27,10 @@ size (`probabilities_to_mask`), optional lung filter (`lung_filter`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import scipy.ndimage as ndi
 import tensorflow as tf
 
 from segmentation import preprocessing
@@ -41,6 +39,7 @@ from segmentation.config import Config
 from segmentation.lungmask import LUNG_AIR_HU, drop_components_outside, lung_region
 from segmentation.preprocessing import AIR_HU, normalised_level
 from segmentation.sliding_window import sliding_window_inference
+from segmentation.thresholding import probabilities_to_mask
 
 __all__ = [
     "AIR_HU",  # re-exported from segmentation.preprocessing, the owner of the HU levels
@@ -50,7 +49,7 @@ __all__ = [
     "body_level",
     "skip_air_window_fn",
     "predict_probabilities",
-    "probabilities_to_mask",
+    "probabilities_to_mask",  # re-exported from segmentation.thresholding (no TensorFlow)
     "lung_filter",
     "postprocess",
 ]
@@ -268,79 +267,6 @@ def lung_filter(mask: np.ndarray, *, image_net: np.ndarray, geometry: Any,
     return drop_components_outside(mask, region, connectivity=config.evaluation.connectivity)
 
 
-def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
-                          spacing_mm: tuple[float, float, float] | None = None,
-                          min_size_mm3: float = 0.0, connectivity: int = 26,
-                          grow_threshold: float | None = None) -> np.ndarray:
-    """Thresholds probabilities (``>= threshold``) and drops components below a volume.
-
-    With ``grow_threshold`` below ``threshold`` the threshold is a hysteresis: a component is
-    a connected region of ``probs >= grow_threshold`` that holds at least one voxel
-    ``>= threshold``. The same lesions are found, each with its fainter rim (a model that
-    under-segments gets its Dice back), and the volume filter sees the grown component.
-
-    Args:
-        probs: float ``(I, J, K)`` probabilities in the scan's own grid (after
-            ``Geometry.inverse``).
-        threshold: Voxels with ``probs >= threshold`` are foreground.
-        spacing_mm: Voxel spacing in the order of ``probs``' axes (needed when
-            ``min_size_mm3 > 0``).
-        min_size_mm3: Connected components smaller than this volume are removed.
-        connectivity: 6, 18 or 26.
-        grow_threshold: None, or the lower threshold of the hysteresis in (0, 1); at or
-            above ``threshold`` it changes nothing.
-
-    Returns:
-        bool ``(I, J, K)``.
-
-    Raises:
-        ValueError: bad threshold, grow_threshold, connectivity, or missing spacing.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"Expected threshold in (0, 1). Received: threshold={threshold}")
-    if grow_threshold is not None and not 0.0 < grow_threshold < 1.0:
-        raise ValueError(
-            f"Expected grow_threshold in (0, 1) or None. Received: grow_threshold={grow_threshold}")
-    if connectivity not in (6, 18, 26):
-        raise ValueError(f"Expected connectivity in (6, 18, 26). Received: connectivity={connectivity}")
-    return _threshold_and_size(probs, threshold=threshold, spacing_mm=spacing_mm,
-                               min_size_mm3=min_size_mm3, connectivity=connectivity,
-                               grow_threshold=grow_threshold)
-
-
-def _hysteresis(probs: np.ndarray, *, threshold: float, grow_threshold: float,
-                structure: np.ndarray) -> np.ndarray:
-    """Connected regions of ``probs >= grow_threshold`` that reach ``threshold`` somewhere."""
-    labels, n = ndi.label(probs >= grow_threshold, structure=structure)
-    seeded = np.zeros(n + 1, dtype=bool)
-    seeded[np.unique(labels[probs >= threshold])] = True
-    seeded[0] = False
-    return seeded[labels]
-
-
-def _threshold_and_size(probs: np.ndarray, *, threshold: float,
-                        spacing_mm: tuple[float, float, float] | None, min_size_mm3: float,
-                        connectivity: int, grow_threshold: float | None = None) -> np.ndarray:
-    """`probabilities_to_mask` on a threshold and connectivity already checked."""
-    probs = np.asarray(probs)
-    structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-    if grow_threshold is not None and grow_threshold < threshold:
-        mask = _hysteresis(probs, threshold=threshold, grow_threshold=grow_threshold,
-                           structure=structure)
-    else:
-        mask = probs >= threshold
-    if min_size_mm3 <= 0 or not mask.any():
-        return mask
-    if spacing_mm is None:
-        raise ValueError("Expected spacing_mm when min_size_mm3 > 0. Received: spacing_mm=None")
-    labels, n = ndi.label(mask, structure=structure)
-    voxel_mm3 = float(math.prod(spacing_mm))
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = counts * voxel_mm3 >= min_size_mm3
-    keep[0] = False
-    return keep[labels]
-
-
 def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
                 image_net: np.ndarray | None = None, threshold: float | None = None,
                 min_size_mm3: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -352,9 +278,10 @@ def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
     of connected components smaller than ``min_size_mm3`` (spacing of the scan's grid,
     connectivity ``evaluation.connectivity``) and, with ``inference.lung_mask``, `lung_filter`.
 
-    The options are not checked again here: they enter checked, through the config loader
-    (``inference.threshold``, ``inference.min_size_mm3``) or the option checks of
-    `pipelines.infer.predict` and `pipelines.infer.predict_volume`.
+    The options enter checked, through the config loader (``inference.threshold``,
+    ``inference.min_size_mm3``) or the option checks of `pipelines.infer.predict` and
+    `pipelines.infer.predict_volume`; `segmentation.thresholding.probabilities_to_mask`
+    checks them once more (a few comparisons).
 
     Args:
         probs_net: float32 ``(I, J, K)`` probabilities in network space (`predict_probabilities`).
@@ -369,7 +296,8 @@ def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
         and the bool mask.
 
     Raises:
-        ValueError: ``inference.lung_mask`` is on and ``image_net`` is None.
+        ValueError: ``inference.lung_mask`` is on and ``image_net`` is None, or an option
+            out of range (`probabilities_to_mask`).
     """
     inference = config.inference
     if inference.lung_mask and image_net is None:
@@ -379,7 +307,7 @@ def postprocess(probs_net: np.ndarray, *, geometry: Any, config: Config,
     if not probs.flags.writeable:
         probs = probs.copy()
     np.clip(probs, 0.0, 1.0, out=probs)
-    mask = _threshold_and_size(
+    mask = probabilities_to_mask(
         probs,
         threshold=inference.threshold if threshold is None else threshold,
         spacing_mm=spacing_from_affine(geometry.source_affine),
