@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -518,6 +520,31 @@ def test_a_bfloat16_run_is_not_resumed_where_onednn_cannot_run_it(tiny_data, tmp
                                          r".*trains in mixed_bfloat16 \(manifest.json\)"):
         train(config, data_dir=tiny_data, out_dir=run, resume=True, progress=False)
     assert sorted(p.name for p in run.rglob("*")) == before  # nothing touched
+
+
+def test_a_float16_run_resumed_without_a_gpu_warns_and_trains(tiny_data, tmp_path, caplog,
+                                                               monkeypatch):
+    import pipelines.training.run as training_run
+
+    config = _config("train.epochs=2", "train.steps_per_epoch=1", "train.val_every=2",
+                     "train.tensorboard_images=false")
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # epoch 1 committed
+        train(config, data_dir=tiny_data, out_dir=run, progress=False,
+              callbacks=[_KillAfter(epoch=1, n_batches=1)])
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["precision"] = "mixed_float16"  # as if started on a GPU
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    # the machine as a CPU-only one sees it (also where the suite runs beside a GPU)
+    devices = training_run.tf.config.list_physical_devices
+    monkeypatch.setattr(training_run.tf.config, "list_physical_devices",
+                        lambda kind=None: [] if kind == "GPU" else devices(kind))
+    with caplog.at_level(logging.WARNING, logger="pipelines.training.run"):
+        train(config, data_dir=tiny_data, out_dir=run, resume=True, progress=False)
+    assert re.search(r"Resuming .* without a GPU: it trains in mixed_float16 \(manifest.json\)",
+                     caplog.text)
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["epoch"] == 2
+
 
 
 # --------------------------------------------------------------------------- background sampling

@@ -294,11 +294,18 @@ def _manifest(run_dir: Path, prepared: PreparedData, *, data_dir: str | os.PathL
 
 def _check_resumed_precision(run_dir: Path) -> None:
     """Refuses to resume a bfloat16 run (``auto`` on another machine, say) where oneDNN cannot
-    run it: its checkpoint's layers keep the policy the run started with (manifest.json)."""
+    run it, and warns when a float16 run (started on a GPU) resumes without one: its
+    checkpoint's layers keep the policy the run started with (manifest.json)."""
     try:
         recorded = json.loads((run_dir / "manifest.json").read_text()).get("precision")
     except (OSError, ValueError, AttributeError):
         return  # no readable manifest: the run folder checks report it
+    if recorded == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        logger.warning(
+            "Resuming %s without a GPU: it trains in mixed_float16 (manifest.json), which a CPU "
+            "emulates about 7-8x slower than float32 (docs/results.md, 'bfloat16 on a CPU'). "
+            "Resume it on a GPU to train at its usual speed.", run_dir)
+        return
     if recorded != "mixed_bfloat16":
         return
     try:
