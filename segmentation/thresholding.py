@@ -50,9 +50,23 @@ def probabilities_to_mask(probs: np.ndarray, *, threshold: float = 0.5,
             f"Expected grow_threshold in (0, 1) or None. Received: grow_threshold={grow_threshold}")
     if connectivity not in (6, 18, 26):
         raise ValueError(f"Expected connectivity in (6, 18, 26). Received: connectivity={connectivity}")
-    return _threshold_and_size(probs, threshold=threshold, spacing_mm=spacing_mm,
-                               min_size_mm3=min_size_mm3, connectivity=connectivity,
-                               grow_threshold=grow_threshold)
+    probs = np.asarray(probs)
+    structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    if effective_grow_threshold(threshold, grow_threshold) is not None:
+        mask = _hysteresis(probs, threshold=threshold, grow_threshold=grow_threshold,
+                           structure=structure)
+    else:
+        mask = probs >= threshold
+    if min_size_mm3 <= 0 or not mask.any():
+        return mask
+    if spacing_mm is None:
+        raise ValueError("Expected spacing_mm when min_size_mm3 > 0. Received: spacing_mm=None")
+    labels, n = ndi.label(mask, structure=structure)
+    voxel_mm3 = float(math.prod(spacing_mm))
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = counts * voxel_mm3 >= min_size_mm3
+    keep[0] = False
+    return keep[labels]
 
 
 def effective_grow_threshold(threshold: float, grow_threshold: float | None) -> float | None:
@@ -76,26 +90,3 @@ def _hysteresis(probs: np.ndarray, *, threshold: float, grow_threshold: float,
     seeded[np.unique(labels[probs >= threshold])] = True
     seeded[0] = False
     return seeded[labels]
-
-
-def _threshold_and_size(probs: np.ndarray, *, threshold: float,
-                        spacing_mm: tuple[float, float, float] | None, min_size_mm3: float,
-                        connectivity: int, grow_threshold: float | None = None) -> np.ndarray:
-    """`probabilities_to_mask` on a threshold and connectivity already checked."""
-    probs = np.asarray(probs)
-    structure = ndi.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
-    if effective_grow_threshold(threshold, grow_threshold) is not None:
-        mask = _hysteresis(probs, threshold=threshold, grow_threshold=grow_threshold,
-                           structure=structure)
-    else:
-        mask = probs >= threshold
-    if min_size_mm3 <= 0 or not mask.any():
-        return mask
-    if spacing_mm is None:
-        raise ValueError("Expected spacing_mm when min_size_mm3 > 0. Received: spacing_mm=None")
-    labels, n = ndi.label(mask, structure=structure)
-    voxel_mm3 = float(math.prod(spacing_mm))
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = counts * voxel_mm3 >= min_size_mm3
-    keep[0] = False
-    return keep[labels]
